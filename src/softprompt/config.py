@@ -1,0 +1,145 @@
+"""Config dataclasses shared by every method, and adapter_config.json in PEFT's field names.
+
+A method's config subclasses `PromptLearningConfig`, sets `peft_type`, and adds its own fields.
+`to_dict()` gives exactly the JSON PEFT writes, so either library reads the other's adapters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+CONFIG_NAME = "adapter_config.json"
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; the message names the field and the fix."""
+
+
+class TaskType(str, enum.Enum):
+    CAUSAL_LM = "CAUSAL_LM"
+    SEQ_CLS = "SEQ_CLS"
+    SEQ_2_SEQ_LM = "SEQ_2_SEQ_LM"
+    TOKEN_CLS = "TOKEN_CLS"
+    QUESTION_ANS = "QUESTION_ANS"
+    FEATURE_EXTRACTION = "FEATURE_EXTRACTION"
+
+
+class PeftType(str, enum.Enum):
+    PROMPT_TUNING = "PROMPT_TUNING"
+    P_TUNING = "P_TUNING"
+    PREFIX_TUNING = "PREFIX_TUNING"
+
+
+def _plain(value: Any) -> Any:
+    """Enums to their string values, for JSON."""
+    return value.value if isinstance(value, enum.Enum) else value
+
+
+@dataclass
+class PromptLearningConfig:
+    """Fields every prompt method has, named as in PEFT.
+
+    The model-shape fields (`token_dim`, `num_layers`, ...) are filled from the base model when the
+    config is attached to it; you normally leave them at None.
+    """
+
+    peft_type: ClassVar[PeftType]
+
+    task_type: str | None = TaskType.CAUSAL_LM
+    """The task; softprompt wraps causal language models, so only CAUSAL_LM is accepted."""
+    num_virtual_tokens: int | None = None
+    """How many virtual tokens the prompt has (PEFT's guide uses 8 or 20)."""
+    base_model_name_or_path: str | None = None
+    """The base model the adapter was trained on: hub id, local folder or `smollm2-135m`."""
+    revision: str | None = None
+    inference_mode: bool = False
+    """True in a loaded adapter: parameters frozen, encoders already collapsed into a table."""
+    token_dim: int | None = None
+    """Width of one virtual token's row in the saved table (hidden size, or KV width for prefixes)."""
+    num_transformer_submodules: int | None = None
+    num_attention_heads: int | None = None
+    num_layers: int | None = None
+    modules_to_save: list[str] | None = None
+    auto_mapping: dict | None = None
+
+    def __post_init__(self) -> None:
+        self.task_type = _plain(self.task_type)
+        if self.task_type not in (None, TaskType.CAUSAL_LM.value):
+            raise ConfigError(
+                f"task_type={self.task_type!r} is not supported: softprompt wraps causal language models. "
+                "Use task_type='CAUSAL_LM' (TaskType.CAUSAL_LM)."
+            )
+        if not isinstance(self.num_virtual_tokens, int) or isinstance(self.num_virtual_tokens, bool):
+            raise ConfigError(
+                f"num_virtual_tokens must be a positive integer, got {self.num_virtual_tokens!r}. "
+                "Set e.g. num_virtual_tokens=20."
+            )
+        if self.num_virtual_tokens <= 0:
+            raise ConfigError(
+                f"num_virtual_tokens must be >= 1, got {self.num_virtual_tokens}. Set e.g. num_virtual_tokens=20."
+            )
+        for name in ("token_dim", "num_layers", "num_attention_heads"):
+            positive_int_or_none(self, name)
+
+    def fill_model_fields(self, shape) -> None:
+        """Set the model-shape fields from the base model (as PEFT does when it wraps a model)."""
+        self.num_layers = shape.num_layers
+        self.token_dim = shape.hidden_size
+        self.num_attention_heads = shape.num_heads
+        self.num_transformer_submodules = 1
+
+    # ---- JSON in PEFT's layout -------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        data = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        data["peft_type"] = self.peft_type.value
+        return data
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        from .adapters import atomic_write_bytes
+
+        text = json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+        atomic_write_bytes(os.path.join(directory, CONFIG_NAME), text.encode())
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PromptLearningConfig":
+        """Build the right method's config from a dict (e.g. a PEFT adapter_config.json)."""
+        from .methods import config_class_for
+
+        target = cls if cls is not PromptLearningConfig else config_class_for(data.get("peft_type"))
+        known = {f.name for f in dataclasses.fields(target)}
+        unknown = sorted(set(data) - known - {"peft_type"})
+        # PEFT adds bookkeeping fields across versions (peft_version, ...): ignore them, say which.
+        ignorable = {"peft_version", "layers_to_transform", "layers_pattern", "target_modules"}
+        if set(unknown) - ignorable:
+            warnings.warn(f"Ignoring unknown adapter config fields: {sorted(set(unknown) - ignorable)}")
+        return target(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, **hub_kwargs) -> "PromptLearningConfig":
+        """Read adapter_config.json from an adapter folder or a hub repo."""
+        from .adapters import read_adapter_config
+
+        return cls.from_dict(read_adapter_config(path, **hub_kwargs))
+
+    @property
+    def is_prompt_learning(self) -> bool:
+        return True
+
+
+PeftConfig = PromptLearningConfig
+
+
+def positive_int_or_none(config: Any, name: str) -> None:
+    """Check an optional size field; used by method configs."""
+    value = getattr(config, name)
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
+
+
+__all__ = ["ConfigError", "PeftConfig", "PeftType", "PromptLearningConfig", "TaskType", "field"]

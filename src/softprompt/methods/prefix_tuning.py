@@ -1,0 +1,56 @@
+"""Prefix tuning (Li & Liang 2021): trainable key/value prefixes for every attention layer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..config import PeftType, PromptLearningConfig, positive_int_or_none
+from ..inject import KVPrefix, ModelShape
+
+
+@dataclass
+class PrefixTuningConfig(PromptLearningConfig):
+    """Prefix tuning: `num_virtual_tokens` key/value pairs prepended in every layer's attention."""
+
+    peft_type = PeftType.PREFIX_TUNING
+
+    encoder_hidden_size: int | None = None
+    """Hidden width of the projection MLP (with prefix_projection); defaults to the KV width."""
+    prefix_projection: bool = False
+    """Produce the prefixes through a 2-layer MLP (more stable training) instead of a flat table."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        positive_int_or_none(self, "encoder_hidden_size")
+
+    def fill_model_fields(self, shape: ModelShape) -> None:
+        super().fill_model_fields(shape)
+        # As PEFT: a row holds kv_heads * head_dim values per layer and per K/V (grouped-query aware).
+        self.token_dim = shape.kv_width
+        self.num_attention_heads = shape.num_kv_heads
+        if self.encoder_hidden_size is None:
+            self.encoder_hidden_size = shape.kv_width
+
+
+class PrefixEncoder(nn.Module):
+    """-> table [P, num_layers * 2 * kv_heads * head_dim]. Parameter names follow PEFT's PrefixEncoder."""
+
+    injection = KVPrefix
+
+    def __init__(self, config: PrefixTuningConfig, shape: ModelShape, base_model: nn.Module):
+        super().__init__()
+        width = shape.num_layers * 2 * shape.kv_width
+        self.transform = None
+        if config.prefix_projection:
+            hidden = config.encoder_hidden_size or shape.kv_width
+            self.embedding = nn.Embedding(config.num_virtual_tokens, shape.kv_width)
+            self.transform = nn.Sequential(nn.Linear(shape.kv_width, hidden), nn.Tanh(), nn.Linear(hidden, width))
+        else:
+            self.embedding = nn.Embedding(config.num_virtual_tokens, width)
+
+    def forward(self) -> torch.Tensor:
+        table = self.embedding.weight  # [P, kv_width] or [P, L*2*kv_width]
+        return table if self.transform is None else self.transform(table)

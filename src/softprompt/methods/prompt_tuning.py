@@ -1,0 +1,88 @@
+"""Prompt tuning (Lester et al. 2021): a trainable table of virtual token embeddings."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..config import ConfigError, PeftType, PromptLearningConfig
+from ..inject import EmbeddingPrefix, ModelShape
+
+
+class PromptTuningInit(str, enum.Enum):
+    TEXT = "TEXT"  # embeddings of an init text's tokens, repeated or cut to num_virtual_tokens
+    SAMPLE_VOCAB = "SAMPLE_VOCAB"  # rows sampled from the vocabulary's embedding table
+    RANDOM = "RANDOM"  # normal noise with the embedding table's mean and std
+
+
+@dataclass
+class PromptTuningConfig(PromptLearningConfig):
+    """Prompt tuning: `num_virtual_tokens` trainable embeddings placed before the input."""
+
+    peft_type = PeftType.PROMPT_TUNING
+
+    prompt_tuning_init: str = PromptTuningInit.RANDOM
+    """How to initialise the prompt: TEXT, SAMPLE_VOCAB or RANDOM."""
+    prompt_tuning_init_text: str | None = None
+    """The text whose token embeddings start the prompt (TEXT init), e.g. a task description."""
+    tokenizer_name_or_path: str | None = None
+    """Tokenizer for the init text; defaults to the base model's."""
+    tokenizer_kwargs: dict | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        init = self.prompt_tuning_init
+        init = init.value if isinstance(init, enum.Enum) else str(init).upper()
+        if init not in PromptTuningInit.__members__:
+            raise ConfigError(
+                f"prompt_tuning_init={self.prompt_tuning_init!r} is unknown. Use one of "
+                f"{', '.join(PromptTuningInit.__members__)}."
+            )
+        self.prompt_tuning_init = init
+        if init == "TEXT" and not (self.prompt_tuning_init_text or "").strip():
+            raise ConfigError(
+                "prompt_tuning_init='TEXT' needs prompt_tuning_init_text, e.g. "
+                "prompt_tuning_init_text='Classify if the tweet is a complaint or not:'."
+            )
+
+
+class PromptEmbedding(nn.Module):
+    """The prompt is the table itself: [P, hidden]."""
+
+    injection = EmbeddingPrefix
+
+    def __init__(self, config: PromptTuningConfig, shape: ModelShape, base_model: nn.Module):
+        super().__init__()
+        num_virtual = config.num_virtual_tokens
+        self.embedding = nn.Embedding(num_virtual, shape.hidden_size)
+        if base_model is None:  # weights will be loaded from a checkpoint
+            return
+        vocab = base_model.get_input_embeddings().weight.detach().float()  # [V, H]
+        with torch.no_grad():
+            if config.prompt_tuning_init == "TEXT":
+                token_ids = init_text_ids(config, base_model)
+                repeats = -(-num_virtual // len(token_ids))  # ceil
+                token_ids = (token_ids * repeats)[:num_virtual]
+                self.embedding.weight.copy_(vocab[torch.tensor(token_ids, device=vocab.device)])
+            elif config.prompt_tuning_init == "SAMPLE_VOCAB":
+                rows = torch.randint(0, vocab.shape[0], (num_virtual,), device=vocab.device)
+                self.embedding.weight.copy_(vocab[rows])
+            else:
+                self.embedding.weight.normal_(vocab.mean().item(), vocab.std().item())
+
+    def forward(self) -> torch.Tensor:
+        return self.embedding.weight  # [P, H]
+
+
+def init_text_ids(config: PromptTuningConfig, base_model: nn.Module) -> list[int]:
+    from ..models import load_tokenizer
+
+    name = config.tokenizer_name_or_path or config.base_model_name_or_path or base_model.name_or_path
+    tokenizer = load_tokenizer(name, **(config.tokenizer_kwargs or {}))
+    token_ids = tokenizer(config.prompt_tuning_init_text, add_special_tokens=False)["input_ids"]
+    if not token_ids:
+        raise ConfigError(f"prompt_tuning_init_text={config.prompt_tuning_init_text!r} gives no tokens.")
+    return token_ids

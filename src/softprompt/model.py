@@ -1,0 +1,277 @@
+"""The model wrapper: a frozen causal LM plus one prompt source. It knows injections, not methods."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from . import adapters
+from .config import PromptLearningConfig
+from .inject import accepts_position_ids, cache_argument, positions_from_mask, probe_shape
+from .methods import PromptTable, source_class_for
+
+
+class PeftModel(nn.Module):
+    """A frozen base model and a trainable prompt. Use `get_peft_model` or `PeftModel.from_pretrained`."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        peft_config: PromptLearningConfig,
+        adapter_name: str = "default",
+        prompt_source: nn.Module | None = None,
+    ):
+        super().__init__()
+        if not isinstance(peft_config, PromptLearningConfig):
+            raise TypeError(
+                f"peft_config must be a softprompt config (PromptTuningConfig, PromptEncoderConfig or "
+                f"PrefixTuningConfig), got {type(peft_config).__name__}."
+            )
+        self.base_model = model
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+        self.adapter_name = adapter_name
+        self.shape = probe_shape(model)
+        if peft_config.base_model_name_or_path is None:
+            peft_config.base_model_name_or_path = getattr(model, "name_or_path", None) or None
+        peft_config.fill_model_fields(self.shape)
+        self.config_ = peft_config
+        source_class = source_class_for(peft_config)
+        if prompt_source is None:
+            prompt_source = source_class(peft_config, self.shape, model)
+        self.prompt_source = prompt_source.to(model.get_input_embeddings().weight.device)
+        self.injection = source_class.injection(self.shape)
+
+    # ---- PEFT-compatible accessors -------------------------------------------------------
+    @property
+    def peft_config(self) -> dict[str, PromptLearningConfig]:
+        return {self.adapter_name: self.config_}
+
+    @property
+    def active_peft_config(self) -> PromptLearningConfig:
+        return self.config_
+
+    def get_base_model(self) -> nn.Module:
+        return self.base_model
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name in {"base_model", "prompt_source", "config_"}:
+                raise
+            return getattr(self.base_model, name)
+
+    def get_nb_trainable_parameters(self) -> tuple[int, int]:
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.parameters())
+        return trainable, total
+
+    def print_trainable_parameters(self) -> None:
+        trainable, total = self.get_nb_trainable_parameters()
+        print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
+
+    def prompt_table(self) -> torch.Tensor:
+        """The prompt as its table [P, D]: what the injection consumes and what the adapter file stores."""
+        return self.prompt_source()
+
+    # ---- forward and generate --------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """Logits [B, L, V] aligned with `input_ids` (no virtual positions); loss over `labels` != -100."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        for unsupported in ("past_key_values", "cache"):
+            if kwargs.pop(unsupported, None) is not None:
+                raise ValueError(f"{unsupported} is not supported in forward(); use generate() for cached decoding.")
+        kwargs.pop("use_cache", None)
+        logits, num_virtual = self.injection.forward(
+            self.base_model, self.prompt_table(), input_ids, inputs_embeds, attention_mask, position_ids, **kwargs
+        )  # [B, V0+L, V]
+        loss = None if labels is None else causal_lm_loss(logits, labels, num_virtual)
+        return CausalLMOutputWithPast(loss=loss, logits=logits[:, num_virtual:])
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None, **kwargs):
+        """`transformers` generation (greedy, sampling, beams...) after the prompt; returns input + new tokens."""
+        if input_ids is None:
+            raise ValueError("generate() needs input_ids.")
+        base = self.base_model
+        batch = input_ids.shape[0]
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        settings = kwargs.get("generation_config") or base.generation_config
+        expand = max(kwargs.get("num_beams", settings.num_beams) or 1, kwargs.get("num_return_sequences", settings.num_return_sequences) or 1)
+        table = self.prompt_table()
+        num_virtual = table.shape[0]
+        cache = self.injection.generation_cache(base, table, batch * expand)  # P positions, [B*expand, ...]
+        # The cache stands for P tokens that have no ids: give generate placeholders it will not embed.
+        placeholder = settings.pad_token_id if settings.pad_token_id is not None else 0
+        if isinstance(placeholder, (list, tuple)):
+            placeholder = placeholder[0]
+        full_ids = torch.cat([input_ids.new_full((batch, num_virtual), placeholder), input_ids], dim=1)
+        full_mask = torch.cat([attention_mask.new_ones(batch, num_virtual), attention_mask], dim=1)
+        if accepts_position_ids(base):
+            kwargs["position_ids"] = positions_from_mask(full_mask)  # grows by one per step inside generate
+        for length_key in ("max_length", "min_length"):
+            if length_key in kwargs and kwargs[length_key] is not None:
+                kwargs[length_key] += num_virtual
+        if kwargs.get("max_length") is None and kwargs.get("max_new_tokens") is None and settings.max_new_tokens is None:
+            kwargs["max_length"] = settings.max_length + num_virtual
+        kwargs[cache_argument(base)] = cache
+        output = base.generate(input_ids=full_ids, attention_mask=full_mask, **kwargs)
+        if isinstance(output, torch.Tensor):
+            return output[:, num_virtual:]
+        output.sequences = output.sequences[:, num_virtual:]
+        return output
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        """Checkpoint the base model's layers; the prompt's gradients are unchanged (tested)."""
+        kwargs = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
+        self.base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        if kwargs["use_reentrant"]:
+            self.base_model.enable_input_require_grads()  # reentrant checkpoints need a grad-requiring input
+        for module in self.base_model.modules():
+            # Our prefix cache is stateless, so recomputing a layer with it is safe; without this,
+            # transformers drops a cache passed as `layer_past` (BLOOM...) under checkpointing.
+            if hasattr(type(module), "_can_checkpoint_with_cache"):
+                module._can_checkpoint_with_cache = True
+
+    # ---- saving and loading ----------------------------------------------------------------
+    def save_pretrained(
+        self, save_directory: str | os.PathLike, include_prompt_source: bool = False, is_main_process: bool = True, **_
+    ) -> None:
+        """Write the adapter folder atomically. `include_prompt_source` adds the full encoder for resuming."""
+        if not is_main_process:
+            return
+        table = self.prompt_table().detach().float()
+
+        def write(folder):
+            adapters.save_tensors({adapters.TABLE_KEY: table}, folder / adapters.WEIGHTS_NAME)
+            if include_prompt_source:
+                adapters.save_tensors(dict(self.prompt_source.state_dict()), folder / adapters.SOURCE_NAME)
+            self.config_.save_pretrained(folder)
+
+        adapters.write_folder_atomically(save_directory, write)
+
+    @classmethod
+    def from_pretrained(
+        cls, model: nn.Module, model_id: str | os.PathLike, adapter_name: str = "default", is_trainable: bool = False, **hub_kwargs
+    ) -> "PeftModel":
+        """Attach a saved adapter (ours or PEFT's, local folder or hub repo) to `model`."""
+        config = PromptLearningConfig.from_pretrained(model_id, **hub_kwargs)
+        config.inference_mode = not is_trainable
+        table = adapters.read_adapter_table(model_id, **hub_kwargs).float()
+        source_class = source_class_for(config)
+        shape = probe_shape(model)
+        config.fill_model_fields(shape)
+        full_source = source_class(config, shape, None)  # not initialised from the model
+        source_state = adapters.read_prompt_source(model_id, **hub_kwargs) if is_trainable else None
+        if source_state is not None:  # resume training with the full source, encoder included
+            try:
+                full_source.load_state_dict(source_state)
+            except RuntimeError as error:
+                raise adapters.AdapterError(
+                    f"{adapters.SOURCE_NAME} in {model_id} does not fit its adapter_config.json: {error}"
+                ) from error
+            prompt_source = full_source
+        else:
+            if is_trainable and has_encoder(full_source):
+                warnings.warn(
+                    f"{model_id} has no {adapters.SOURCE_NAME}: training continues from the collapsed prompt table, "
+                    "without the encoder it was trained with. Save with include_prompt_source=True to resume exactly."
+                )
+            prompt_source = PromptTable(table, source_class.injection)
+        wrapped = cls(model, config, adapter_name, prompt_source=prompt_source)
+        check_table_fits(table, config, wrapped)
+        wrapped.prompt_source.requires_grad_(is_trainable)
+        return wrapped
+
+    def push_to_hub(self, repo_id: str, private: bool | None = None, token: str | None = None, commit_message: str = "Upload prompt adapter") -> str:
+        """Upload the adapter as one commit (all files or none). Returns the commit URL."""
+        from huggingface_hub import HfApi
+
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(os.path.join(folder, "adapter"))
+            try:
+                api = HfApi(token=token)
+                api.create_repo(repo_id, private=private, exist_ok=True)
+                commit = api.upload_folder(repo_id=repo_id, folder_path=os.path.join(folder, "adapter"), commit_message=commit_message)
+            except Exception as error:
+                raise ConnectionError(
+                    f"Could not push the adapter to the Hugging Face Hub repo {repo_id!r} ({type(error).__name__}: {error}). "
+                    "Nothing was uploaded (the upload is a single commit). Check your network and login "
+                    "(`hf auth login` or token=...), or keep it local with save_pretrained()."
+                ) from error
+        return str(getattr(commit, "commit_url", commit))
+
+
+class PeftModelForCausalLM(PeftModel):
+    """The causal-LM wrapper (PEFT's class name)."""
+
+
+def has_encoder(source: nn.Module) -> bool:
+    """True when a prompt source has parameters besides its table (an MLP, LSTM or projection)."""
+    return set(source.state_dict()) != {"embedding.weight"}
+
+
+def check_table_fits(table: torch.Tensor, config: PromptLearningConfig, model: PeftModel) -> None:
+    expected = (config.num_virtual_tokens, model.injection.table_width())
+    if tuple(table.shape) != expected:
+        shape = model.shape
+        raise adapters.AdapterError(
+            f"The adapter's prompt_embeddings has shape {tuple(table.shape)}, but this base model needs {expected} "
+            f"(num_virtual_tokens={config.num_virtual_tokens}; model: hidden={shape.hidden_size}, layers={shape.num_layers}, "
+            f"kv_heads={shape.num_kv_heads}, head_dim={shape.head_dim}). The adapter was trained for "
+            f"{config.base_model_name_or_path!r}: load that base model."
+        )
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, num_virtual: int) -> torch.Tensor:
+    """Mean next-token cross-entropy over labels != -100.
+
+    logits [B, V0+L, V]: row t predicts the token at row t+1. With V0 >= 1 virtual rows, the last
+    virtual row predicts the first input token (as in PEFT); otherwise the first token has no predictor.
+    """
+    start = max(num_virtual - 1, 0)
+    predictions = logits[:, start:-1]  # [B, T, V]
+    targets = labels[:, labels.shape[1] - predictions.shape[1] :]  # [B, T]
+    return F.cross_entropy(predictions.float().reshape(-1, predictions.shape[-1]), targets.reshape(-1), ignore_index=-100)
+
+
+def get_peft_model(model: nn.Module, peft_config: PromptLearningConfig, adapter_name: str = "default", **_) -> PeftModel:
+    """Freeze `model` and attach a new prompt described by `peft_config`."""
+    return PeftModelForCausalLM(model, peft_config, adapter_name)
+
+
+class AutoPeftModelForCausalLM:
+    """Load an adapter and its base model from the adapter folder (or hub repo) alone."""
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike, is_trainable: bool = False, base_model=None, **model_kwargs
+    ) -> PeftModel:
+        from .models import load_base_model
+
+        config = PromptLearningConfig.from_pretrained(pretrained_model_name_or_path)
+        if base_model is None:
+            if not config.base_model_name_or_path:
+                raise adapters.AdapterError(
+                    f"{pretrained_model_name_or_path} does not name its base model (base_model_name_or_path is empty). "
+                    "Load the base model yourself and use PeftModel.from_pretrained(model, adapter_dir)."
+                )
+            base_model = load_base_model(config.base_model_name_or_path, **model_kwargs)
+        return PeftModelForCausalLM.from_pretrained(base_model, pretrained_model_name_or_path, is_trainable=is_trainable)
