@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from softprompt import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig
 from transformers import (
     AutoModelForCausalLM,
     BloomConfig,
@@ -40,12 +41,38 @@ ARCHITECTURES = list(CONFIGS)
 
 
 def tiny_model(architecture: str, seed: int = 0):
+    """A 2-layer random model. Weights are drawn wider than usual so that greedy choices are not near-ties."""
     torch.manual_seed(seed)
     config = CONFIGS[architecture]()
-    config.pad_token_id = 0
-    config.eos_token_id = 1
-    config.bos_token_id = 2
+    config.pad_token_id, config.eos_token_id, config.bos_token_id = 0, 1, 2
+    config.initializer_range = 0.2
     model = AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
     model.generation_config.pad_token_id = 0
     model.generation_config.eos_token_id = 1
     return model
+
+
+# Every method variant the tests cover; each call builds a fresh config.
+METHOD_CONFIGS = {
+    "prompt_tuning": lambda: PromptTuningConfig(num_virtual_tokens=4),
+    "p_tuning_mlp": lambda: PromptEncoderConfig(num_virtual_tokens=4, encoder_hidden_size=16),
+    "p_tuning_lstm": lambda: PromptEncoderConfig(
+        num_virtual_tokens=4, encoder_hidden_size=16, encoder_reparameterization_type="LSTM"
+    ),
+    "prefix_tuning": lambda: PrefixTuningConfig(num_virtual_tokens=4),
+    "prefix_projection": lambda: PrefixTuningConfig(num_virtual_tokens=4, prefix_projection=True, encoder_hidden_size=16),
+}
+METHODS = list(METHOD_CONFIGS)
+
+
+def left_padded_batch(seed: int = 0, lengths=(7, 4, 2)):
+    """Random token ids, left padded with 0: (input_ids [B, T], attention_mask [B, T], rows unpadded)."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = [torch.randint(3, VOCAB, (n,), generator=generator) for n in lengths]
+    width = max(lengths)
+    input_ids = torch.zeros(len(rows), width, dtype=torch.long)
+    attention_mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, width - len(row) :] = row
+        attention_mask[i, width - len(row) :] = 1
+    return input_ids, attention_mask, rows

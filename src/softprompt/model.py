@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 import warnings
@@ -139,12 +140,22 @@ class PeftModel(nn.Module):
         return output
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
-        """Checkpoint the base model's layers; the prompt's gradients are unchanged (tested)."""
-        kwargs = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
-        self.base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-        if kwargs["use_reentrant"]:
-            self.base_model.enable_input_require_grads()  # reentrant checkpoints need a grad-requiring input
-        for module in self.base_model.modules():
+        """Checkpoint the base model's layers; the prompt's gradients stay the same (tested).
+
+        Always non-reentrant: reentrant checkpoints back-propagate each layer separately and cannot
+        reach a prompt that all layers share (a prefix projection, an encoder).
+        """
+        kwargs = dict(gradient_checkpointing_kwargs or {})
+        if kwargs.pop("use_reentrant", False):
+            warnings.warn("use_reentrant=True cannot train a shared prompt; using use_reentrant=False (same memory saving).")
+        kwargs["use_reentrant"] = False
+        base = self.base_model
+        enable = getattr(base, "activation_checkpointing_enable", None)  # transformers >= 5.2x name
+        if enable is not None:
+            enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        for module in base.modules():
             # Our prefix cache is stateless, so recomputing a layer with it is safe; without this,
             # transformers drops a cache passed as `layer_past` (BLOOM...) under checkpointing.
             if hasattr(type(module), "_can_checkpoint_with_cache"):
@@ -163,7 +174,8 @@ class PeftModel(nn.Module):
             adapters.save_tensors({adapters.TABLE_KEY: table}, folder / adapters.WEIGHTS_NAME)
             if include_prompt_source:
                 adapters.save_tensors(dict(self.prompt_source.state_dict()), folder / adapters.SOURCE_NAME)
-            self.config_.save_pretrained(folder)
+            saved = dataclasses.replace(self.config_, inference_mode=True)  # the file holds the collapsed table
+            saved.save_pretrained(folder)
 
         adapters.write_folder_atomically(save_directory, write)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..config import PeftType, PromptLearningConfig, positive_int_or_none
+from ..config import ConfigError, PeftType, PromptLearningConfig, positive_int_or_none
 from ..inject import KVPrefix, ModelShape
 
 
@@ -21,10 +21,14 @@ class PrefixTuningConfig(PromptLearningConfig):
     """Hidden width of the projection MLP (with prefix_projection); defaults to the KV width."""
     prefix_projection: bool = False
     """Produce the prefixes through a 2-layer MLP (more stable training) instead of a flat table."""
+    init_weights: str | None = None
+    """None: random start; "zero": the prefixes start at zero (the projection's last layer, or the table)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         positive_int_or_none(self, "encoder_hidden_size")
+        if self.init_weights not in (None, "zero"):
+            raise ConfigError(f"init_weights must be None or 'zero', got {self.init_weights!r}.")
 
     def fill_model_fields(self, shape: ModelShape) -> None:
         super().fill_model_fields(shape)
@@ -50,6 +54,11 @@ class PrefixEncoder(nn.Module):
             self.transform = nn.Sequential(nn.Linear(shape.kv_width, hidden), nn.Tanh(), nn.Linear(hidden, width))
         else:
             self.embedding = nn.Embedding(config.num_virtual_tokens, width)
+        if config.init_weights == "zero":
+            last = self.embedding if self.transform is None else self.transform[-1]
+            nn.init.zeros_(last.weight)
+            if getattr(last, "bias", None) is not None:
+                nn.init.zeros_(last.bias)
 
     def forward(self) -> torch.Tensor:
         table = self.embedding.weight  # [P, kv_width] or [P, L*2*kv_width]

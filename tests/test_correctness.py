@@ -1,0 +1,106 @@
+"""The correctness points where PEFT 0.21 is wrong, for every method on every architecture."""
+
+import pytest
+import torch
+from softprompt import get_peft_model
+from tiny_models import ARCHITECTURES, METHOD_CONFIGS, METHODS, left_padded_batch, tiny_model
+
+CASES = [(method, arch) for method in METHODS for arch in ARCHITECTURES]
+
+
+def wrapped(method, arch, seed=0):
+    torch.manual_seed(seed + 1)
+    return get_peft_model(tiny_model(arch, seed), METHOD_CONFIGS[method]())
+
+
+@pytest.mark.parametrize("method,arch", CASES)
+def test_only_the_prompt_trains_and_the_base_stays_bit_identical(method, arch):
+    model = wrapped(method, arch)
+    before = {name: p.detach().clone() for name, p in model.base_model.named_parameters()}
+    prompt_before = [p.detach().clone() for p in model.prompt_source.parameters()]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    input_ids, attention_mask, _ = left_padded_batch()
+    model.train()
+    loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=input_ids).loss
+    loss.backward()
+    assert all(p.grad is None for p in model.base_model.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.prompt_source.parameters())
+    optimizer.step()
+    for name, p in model.base_model.named_parameters():
+        assert torch.equal(p, before[name]), name
+    assert any(not torch.equal(a, b) for a, b in zip(prompt_before, model.prompt_source.parameters()))
+
+
+@pytest.mark.parametrize("method,arch", CASES)
+def test_left_padded_batch_equals_each_example_alone(method, arch):
+    model = wrapped(method, arch).eval()
+    input_ids, attention_mask, rows = left_padded_batch()
+    with torch.no_grad():
+        batched = model(input_ids=input_ids, attention_mask=attention_mask).logits  # [B, T, V]
+        assert batched.shape == (*input_ids.shape, model.base_model.config.vocab_size)
+        for i, row in enumerate(rows):
+            alone = model(input_ids=row[None]).logits[0]  # [n, V]
+            torch.testing.assert_close(batched[i, -len(row) :], alone, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("method,arch", CASES)
+def test_loss_ignores_virtual_and_masked_positions(method, arch):
+    model = wrapped(method, arch).eval()
+    input_ids, attention_mask, rows = left_padded_batch(lengths=(6, 6))
+    labels = input_ids.clone()
+    labels[:, :3] = -100
+    with torch.no_grad():
+        output = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+        # reference: our own logits, shifted by hand; only rows that predict a labelled token count
+        logits = output.logits
+        reference = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1))
+    torch.testing.assert_close(output.loss, reference)
+
+
+def greedy_by_forward(model, ids, steps):
+    """Reference decoding: the full sequence through forward() at every step, no cache."""
+    for _ in range(steps):
+        with torch.no_grad():
+            next_token = model(input_ids=ids).logits[:, -1].argmax(-1, keepdim=True)
+        ids = torch.cat([ids, next_token], dim=1)
+    return ids
+
+
+@pytest.mark.parametrize("method,arch", CASES)
+def test_generate_matches_forward_differs_from_base_and_batches(method, arch):
+    model = wrapped(method, arch).eval()
+    input_ids, attention_mask, rows = left_padded_batch(seed=3)
+    steps = 6
+    settings = dict(max_new_tokens=steps, do_sample=False, eos_token_id=None)
+    batched = model.generate(input_ids=input_ids, attention_mask=attention_mask, **settings)
+    assert batched.shape == (input_ids.shape[0], input_ids.shape[1] + steps)
+    differs_from_base = False
+    for i, row in enumerate(rows):
+        alone = model.generate(input_ids=row[None], **settings)[0]
+        reference = greedy_by_forward(model, row[None], steps)[0]
+        assert torch.equal(alone, reference), "cached generate departs from forward()"
+        assert torch.equal(batched[i, -len(alone) :], alone), "left-padded batch generates differently"
+        base = model.base_model.generate(input_ids=row[None], attention_mask=torch.ones_like(row[None]), **settings)[0]
+        differs_from_base |= not torch.equal(base, alone)
+    assert differs_from_base, "the prompt has no effect on generation"
+
+
+@pytest.mark.parametrize("method,arch", [(m, "llama_gqa") for m in METHODS] + [(m, "bloom") for m in METHODS])
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_gradient_checkpointing_gives_the_same_gradients(method, arch, reentrant):
+    input_ids, attention_mask, _ = left_padded_batch()
+    grads = []
+    for checkpointing in (False, True):
+        model = wrapped(method, arch)
+        model.train()  # no dropout in the tiny configs, so train mode is deterministic
+        if checkpointing and reentrant:
+            with pytest.warns(UserWarning, match="use_reentrant=False"):
+                model.gradient_checkpointing_enable({"use_reentrant": True})
+        elif checkpointing:
+            model.gradient_checkpointing_enable()
+            assert any(getattr(m, "gradient_checkpointing", False) for m in model.base_model.modules())
+        loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=input_ids).loss
+        loss.backward()
+        grads.append([p.grad.clone() for p in model.prompt_source.parameters()])
+    for plain, checkpointed in zip(*grads):
+        torch.testing.assert_close(checkpointed, plain, atol=1e-6, rtol=1e-5)
