@@ -1,0 +1,94 @@
+"""PEFT reads our adapters and we read PEFT's, with the same logits where PEFT is right (unpadded input)."""
+
+import json
+
+import peft
+import pytest
+import torch
+from safetensors.torch import load_file
+from softprompt import PeftModel, get_peft_model
+from tiny_models import ARCHITECTURES, METHOD_CONFIGS, METHODS, tiny_model
+
+PEFT_CONFIGS = {
+    "prompt_tuning": lambda: peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4),
+    "p_tuning_mlp": lambda: peft.PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=4, encoder_hidden_size=16),
+    "p_tuning_lstm": lambda: peft.PromptEncoderConfig(
+        task_type="CAUSAL_LM", num_virtual_tokens=4, encoder_hidden_size=16, encoder_reparameterization_type="LSTM"
+    ),
+    "prefix_tuning": lambda: peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4),
+    "prefix_projection": lambda: peft.PrefixTuningConfig(
+        task_type="CAUSAL_LM", num_virtual_tokens=4, prefix_projection=True, encoder_hidden_size=16
+    ),
+}
+CASES = [(method, arch) for method in METHODS for arch in ["gpt2", "llama_gqa", "bloom", "opt"]]
+
+
+def unpadded_ids(seed=0):
+    return torch.randint(3, 128, (2, 6), generator=torch.Generator().manual_seed(seed))
+
+
+def peft_logits(model, ids):
+    """PEFT returns logits for virtual positions too (peft#482): keep the last L rows."""
+    with torch.no_grad():
+        return model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[:, -ids.shape[1] :]
+
+
+def our_logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+@pytest.mark.parametrize("method,arch", CASES)
+def test_peft_loads_our_adapter_with_the_same_logits(method, arch, tmp_path):
+    torch.manual_seed(1)
+    ours = get_peft_model(tiny_model(arch), METHOD_CONFIGS[method]()).eval()
+    ours.save_pretrained(tmp_path)
+    theirs = peft.PeftModel.from_pretrained(tiny_model(arch), tmp_path).eval()
+    ids = unpadded_ids()
+    torch.testing.assert_close(peft_logits(theirs, ids), our_logits(ours, ids), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method,arch", CASES)
+def test_we_load_peft_adapter_with_the_same_logits(method, arch, tmp_path):
+    torch.manual_seed(1)
+    theirs = peft.get_peft_model(tiny_model(arch), PEFT_CONFIGS[method]()).eval()
+    theirs.save_pretrained(tmp_path)
+    ours = PeftModel.from_pretrained(tiny_model(arch), tmp_path)
+    ids = unpadded_ids()
+    torch.testing.assert_close(our_logits(ours, ids), peft_logits(theirs, ids), atol=1e-5, rtol=1e-5)
+    assert not any(p.requires_grad for p in ours.parameters())  # loaded for inference
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_same_files_fields_tensor_names_and_shapes_as_peft(method, tmp_path):
+    arch = "llama_gqa"
+    torch.manual_seed(1)
+    get_peft_model(tiny_model(arch), METHOD_CONFIGS[method]()).save_pretrained(tmp_path / "ours")
+    peft.get_peft_model(tiny_model(arch), PEFT_CONFIGS[method]()).save_pretrained(tmp_path / "peft")
+    ours_config = json.loads((tmp_path / "ours" / "adapter_config.json").read_text())
+    peft_config = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    peft_config.pop("peft_version")
+    assert ours_config == peft_config
+    ours_tensors = load_file(tmp_path / "ours" / "adapter_model.safetensors")
+    peft_tensors = load_file(tmp_path / "peft" / "adapter_model.safetensors")
+    assert {k: v.shape for k, v in ours_tensors.items()} == {k: v.shape for k, v in peft_tensors.items()}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_peft_logits_agree_on_training_forward_loss(method):
+    """Same prompt weights in both libraries: same loss (the first token is predicted by the last virtual one)."""
+    arch = "llama_gqa"
+    torch.manual_seed(1)
+    theirs = peft.get_peft_model(tiny_model(arch), PEFT_CONFIGS[method]())
+    torch.manual_seed(1)
+    ours = get_peft_model(tiny_model(arch), METHOD_CONFIGS[method]())
+    ours.prompt_source.load_state_dict(
+        {k.removeprefix("default."): v for k, v in theirs.prompt_encoder.state_dict().items()}
+    )
+    ids = unpadded_ids()
+    labels = ids.clone()
+    labels[:, :2] = -100
+    with torch.no_grad():
+        peft_loss = theirs(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels).loss
+        our_loss = ours(input_ids=ids, labels=labels).loss
+    torch.testing.assert_close(our_loss, peft_loss)
