@@ -168,7 +168,8 @@ class PeftModel(nn.Module):
         """Write the adapter folder atomically. `include_prompt_source` adds the full encoder for resuming."""
         if not is_main_process:
             return
-        table = self.prompt_table().detach().float()
+        with torch.no_grad():  # as at inference: an LSTM's no-grad kernel differs in the last bits
+            table = self.prompt_table().float()
 
         def write(folder):
             adapters.save_tensors({adapters.TABLE_KEY: table}, folder / adapters.WEIGHTS_NAME)
@@ -189,6 +190,7 @@ class PeftModel(nn.Module):
         table = adapters.read_adapter_table(model_id, **hub_kwargs).float()
         source_class = source_class_for(config)
         shape = probe_shape(model)
+        check_config_fits(config, shape, model_id)
         config.fill_model_fields(shape)
         full_source = source_class(config, shape, None)  # not initialised from the model
         source_state = adapters.read_prompt_source(model_id, **hub_kwargs) if is_trainable else None
@@ -238,6 +240,22 @@ class PeftModelForCausalLM(PeftModel):
 def has_encoder(source: nn.Module) -> bool:
     """True when a prompt source has parameters besides its table (an MLP, LSTM or projection)."""
     return set(source.state_dict()) != {"embedding.weight"}
+
+
+def check_config_fits(config: PromptLearningConfig, shape, model_id) -> None:
+    """The saved model-shape fields must be the ones this base model gives (layers, widths, KV heads)."""
+    expected = dataclasses.replace(config)
+    expected.fill_model_fields(shape)
+    wrong = [
+        f"{name}={getattr(config, name)} (this model: {getattr(expected, name)})"
+        for name in ("num_layers", "token_dim", "num_attention_heads")
+        if getattr(config, name) is not None and getattr(config, name) != getattr(expected, name)
+    ]
+    if wrong:
+        raise adapters.AdapterError(
+            f"The adapter {model_id} does not fit this base model: {', '.join(wrong)}; this base model needs other "
+            f"shapes. The adapter was trained for {config.base_model_name_or_path!r}: load that base model."
+        )
 
 
 def check_table_fits(table: torch.Tensor, config: PromptLearningConfig, model: PeftModel) -> None:
