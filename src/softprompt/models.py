@@ -95,7 +95,8 @@ def load_base_model(name_or_path: str = DEFAULT_MODEL, *, trust_remote_code: boo
             f"or the offline default '{DEFAULT_MODEL}'."
         ) from error
     if is_default_model(name_or_path):
-        model.config._name_or_path = DEFAULT_MODEL  # saved adapters name the portable alias, not a cache path
+        # saved adapters name the portable alias, not this machine's cache path
+        model.config.name_or_path = model.name_or_path = DEFAULT_MODEL
     return model
 
 
