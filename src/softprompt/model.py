@@ -6,6 +6,7 @@ import dataclasses
 import os
 import tempfile
 import warnings
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -166,19 +167,18 @@ class PeftModel(nn.Module):
         self, save_directory: str | os.PathLike, include_prompt_source: bool = False, is_main_process: bool = True, **_
     ) -> None:
         """Write the adapter folder atomically. `include_prompt_source` adds the full encoder for resuming."""
-        if not is_main_process:
-            return
+        if is_main_process:
+            adapters.write_folder_atomically(save_directory, lambda folder: self.write_adapter_files(folder, include_prompt_source))
+
+    def write_adapter_files(self, folder, include_prompt_source: bool = False) -> None:
+        """The adapter's files, written into an existing folder (callers make that atomic)."""
         with torch.no_grad():  # as at inference: an LSTM's no-grad kernel differs in the last bits
             table = self.prompt_table().float()
-
-        def write(folder):
-            adapters.save_tensors({adapters.TABLE_KEY: table}, folder / adapters.WEIGHTS_NAME)
-            if include_prompt_source:
-                adapters.save_tensors(dict(self.prompt_source.state_dict()), folder / adapters.SOURCE_NAME)
-            saved = dataclasses.replace(self.config_, inference_mode=True)  # the file holds the collapsed table
-            saved.save_pretrained(folder)
-
-        adapters.write_folder_atomically(save_directory, write)
+        adapters.save_tensors({adapters.TABLE_KEY: table}, Path(folder) / adapters.WEIGHTS_NAME)
+        if include_prompt_source:
+            adapters.save_tensors(dict(self.prompt_source.state_dict()), Path(folder) / adapters.SOURCE_NAME)
+        saved = dataclasses.replace(self.config_, inference_mode=True)  # the file holds the collapsed table
+        saved.save_pretrained(folder)
 
     @classmethod
     def from_pretrained(

@@ -1,0 +1,247 @@
+"""The `softprompt` command: train, eval, predict, info, demo."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+DEMO_DATA = Path(__file__).parent / "demo_data"
+CONFIG_HELP = """Fields of a training config (YAML or --field value; nested with dots, e.g. --task.max_length 96):
+  model, method (prompt_tuning | p_tuning | prefix_tuning), method_options.* (PEFT config fields),
+  train_file, eval_file, dataset, dataset_config, train_split, eval_split,
+  task.text_columns, task.label_column, task.label_names, task.verbalizer, task.template, task.max_length,
+  validation_fraction, epochs, lr, batch_size, gradient_accumulation_steps, warmup_ratio, weight_decay,
+  max_grad_norm, seed, eval_method (scoring | generation), eval_batch_size, best_metric, early_stopping_patience,
+  output_dir, progress. See softprompt.train.TrainConfig for what each means."""
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """['--epochs', '3', '--task.max_length=96'] -> {'epochs': 3, 'task.max_length': 96} (values read as YAML)."""
+    overrides, i = {}, 0
+    while i < len(pairs):
+        key = pairs[i]
+        if not key.startswith("--"):
+            raise SystemExit(f"Unexpected argument {key!r}: overrides look like --field value.")
+        key = key[2:]
+        if "=" in key:
+            key, value = key.split("=", 1)
+            i += 1
+        elif i + 1 < len(pairs):
+            value = pairs[i + 1]
+            i += 2
+        else:
+            raise SystemExit(f"--{key} needs a value.")
+        overrides[key.replace("-", "_")] = yaml.safe_load(value)
+    return overrides
+
+
+def command_train(args, extra) -> int:
+    from .train import TrainConfig, train
+
+    overrides = parse_overrides(extra)
+    config = TrainConfig.from_yaml(args.config, overrides) if args.config else TrainConfig.from_dict({}, overrides)
+    final = train(config, resume=args.resume)
+    print(f"Adapter: {Path(config.output_dir) / 'adapter'}")
+    return 0 if final is not None else 1
+
+
+def load_for_inference(adapter: str):
+    from .model import AutoPeftModelForCausalLM
+    from .models import load_tokenizer
+    from .train import read_task
+    from .data import Encoder
+
+    model = AutoPeftModelForCausalLM.from_pretrained(adapter)
+    model.eval()
+    tokenizer = load_tokenizer(model.active_peft_config.base_model_name_or_path)
+    spec = read_task(adapter)
+    return model, Encoder(tokenizer, spec, spec.label_names)
+
+
+def command_eval(args, extra) -> int:
+    from .data import load_table
+    from .evaluate import classification_metrics, classify_by_generation, score_labels
+
+    model, encoder = load_for_inference(args.adapter)
+    table = load_table(args.data, args.dataset_config, args.split)
+    examples = encoder.encode_table(table)
+    gold = [e.label for e in examples]
+    if args.method == "generation":
+        predicted, _ = classify_by_generation(model, encoder, examples, args.batch_size)
+    else:
+        predicted = score_labels(model, encoder, examples, args.batch_size).argmax(-1).tolist()
+    metrics = classification_metrics(gold, predicted, encoder.class_names)
+    metrics["method"] = args.method
+    print(json.dumps(metrics, indent=1))
+    if args.output:
+        Path(args.output).write_text(json.dumps(metrics, indent=1))
+    return 0
+
+
+def read_predict_rows(args, text_column: str) -> list[dict]:
+    if args.texts:
+        return [{text_column: t} for t in args.texts]
+    if args.input == "-":
+        lines = [line for line in sys.stdin.read().splitlines() if line.strip()]
+        return [json.loads(line) if line.lstrip().startswith("{") else {text_column: line} for line in lines]
+    if args.input:
+        from .data import load_table
+
+        return load_table(args.input).rows
+    raise SystemExit("Give texts to classify, --input FILE (CSV/JSONL), or --input - to read stdin.")
+
+
+def write_predictions(rows: list[dict], output: str | None) -> None:
+    if output and output.endswith(".csv"):
+        with open(output, "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        return
+    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    if output:
+        Path(output).write_text(text)
+    else:
+        sys.stdout.write(text)
+
+
+def command_predict(args, extra) -> int:
+    import torch
+
+    from .evaluate import score_labels
+
+    model, encoder = load_for_inference(args.adapter)
+    rows = read_predict_rows(args, encoder.spec.text_columns[0])
+    examples = [encoder.encode(row, args.input or "text", n + 1, labelled=False) for n, row in enumerate(rows)]
+    if args.generate:
+        tokenizer = encoder.tokenizer
+        for row, example in zip(rows, examples):
+            ids = model.generate(
+                input_ids=torch.tensor([example.prompt_ids]), max_new_tokens=args.max_new_tokens,
+                do_sample=False, pad_token_id=tokenizer.pad_token_id,
+            )
+            row["generated"] = tokenizer.decode(ids[0, len(example.prompt_ids):], skip_special_tokens=True)
+    else:
+        scores = score_labels(model, encoder, examples, args.batch_size, progress=False)
+        probabilities = scores.softmax(-1)
+        for row, score, probability in zip(rows, scores, probabilities):
+            row["label"] = encoder.class_names[int(score.argmax())]
+            row.update({f"p({name})": round(float(p), 4) for name, p in zip(encoder.class_names, probability)})
+    write_predictions(rows, args.output)
+    return 0
+
+
+def command_info(args, extra) -> int:
+    from .adapters import read_adapter_config, read_adapter_table
+
+    config = read_adapter_config(args.adapter)
+    table = read_adapter_table(args.adapter)
+    folder = Path(args.adapter)
+    sizes = {p.name: p.stat().st_size for p in folder.iterdir() if p.is_file()} if folder.is_dir() else {}
+    info = {
+        "method": config.get("peft_type"),
+        "base_model": config.get("base_model_name_or_path"),
+        "num_virtual_tokens": config.get("num_virtual_tokens"),
+        "prompt_embeddings": list(table.shape),
+        "parameters": table.numel(),
+        "files_bytes": sizes,
+    }
+    task = folder / "task.json"
+    if task.is_file():
+        spec = json.loads(task.read_text())
+        info["labels"] = spec.get("label_names")
+        info["template"] = spec.get("template")
+    print(json.dumps(info, indent=1))
+    return 0
+
+
+def command_demo(args, extra) -> int:
+    """Train prompt tuning on the bundled demo messages, report dev accuracy, classify two new messages."""
+    from .train import TrainConfig, train
+
+    overrides = parse_overrides(extra)
+    demo = yaml.safe_load((DEMO_DATA / "demo.yaml").read_text())
+    demo["train_file"] = str(DEMO_DATA / "train.csv")
+    demo["eval_file"] = str(DEMO_DATA / "dev.csv")
+    config = TrainConfig.from_dict(demo, overrides)
+    final = train(config)
+    print(f"\nDev accuracy after {final['epoch']} epochs: {final['eval_accuracy']:.3f} (macro-F1 {final['eval_macro_f1']:.3f})")
+    adapter = str(Path(config.output_dir) / "adapter")
+    print(f"Adapter saved in {adapter}\n\nClassifying two new messages with it:")
+    predict = build_parser().parse_args(["predict", adapter, "--", *DEMO_TEXTS])
+    return command_predict(predict, [])
+
+
+DEMO_TEXTS = [
+    "@QuickCart my parcel was marked delivered three days ago and it is nowhere to be found",
+    "@MapleCoffee the new oat latte is lovely, thanks for bringing it back!",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="softprompt", description="Prompt tuning, p-tuning and prefix tuning for frozen causal LMs.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser(
+        "train", help="train a soft prompt", epilog=CONFIG_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train a soft prompt from a YAML config; any field can be overridden with --field value.",
+    )
+    train.add_argument("--config", help="YAML run config, e.g. configs/twitter_complaints/prompt_tuning.yaml")
+    train.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint after a crash")
+    train.set_defaults(run=command_train)
+
+    evaluate = commands.add_parser("eval", help="accuracy, macro-F1 and confusion matrix of an adapter on labelled data")
+    evaluate.add_argument("adapter", help="adapter folder written by softprompt train (OUTPUT_DIR/adapter)")
+    evaluate.add_argument("--data", required=True, help="labelled CSV/JSONL/Parquet file, or a hub dataset id")
+    evaluate.add_argument("--dataset-config", default=None, help="hub dataset config, e.g. twitter_complaints")
+    evaluate.add_argument("--split", default="test", help="hub dataset split (default test)")
+    evaluate.add_argument("--method", choices=["scoring", "generation"], default="scoring",
+                          help="scoring: rank the labels by likelihood; generation: greedy text mapped to a label")
+    evaluate.add_argument("--batch-size", type=int, default=16)
+    evaluate.add_argument("--output", help="also write the metrics JSON here")
+    evaluate.set_defaults(run=command_eval)
+
+    predict = commands.add_parser("predict", help="label (and scores) for new texts, or free generation")
+    predict.add_argument("adapter", help="adapter folder written by softprompt train")
+    predict.add_argument("texts", nargs="*", help="texts to classify")
+    predict.add_argument("--input", help="CSV/JSONL file with the task's text column(s), or - for stdin (one text or JSON object a line)")
+    predict.add_argument("--output", help="write CSV (.csv) or JSONL (other names); default JSONL on stdout")
+    predict.add_argument("--generate", action="store_true", help="generate free text after the prompt instead of classifying")
+    predict.add_argument("--max-new-tokens", type=int, default=20, help="with --generate")
+    predict.add_argument("--batch-size", type=int, default=16)
+    predict.set_defaults(run=command_predict)
+
+    info = commands.add_parser("info", help="method, base model and sizes of an adapter")
+    info.add_argument("adapter")
+    info.set_defaults(run=command_info)
+
+    demo = commands.add_parser("demo", help="train on the bundled demo data with the offline default model, then predict")
+    demo.set_defaults(run=command_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .adapters import AdapterError
+    from .config import ConfigError
+    from .data import DataError
+    from .models import ModelNotFoundError
+    from .train import TrainingDiverged
+
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command not in ("train", "demo"):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        return args.run(args, extra)
+    except (AdapterError, ConfigError, DataError, ModelNotFoundError, TrainingDiverged, ValueError) as error:
+        print(f"softprompt {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,449 @@
+"""One readable training loop: AdamW + linear warmup schedule, Accelerate, per-epoch metrics and checkpoints.
+
+Output folder:
+  run_config.yaml   the resolved config of the run
+  metrics.jsonl     one line per epoch; metrics.png plots it
+  checkpoint/       the last finished epoch: adapter + full prompt source + optimizer + scheduler + state
+  adapter/          the best adapter so far by the selection metric (inference files + task.json)
+Every epoch is seeded from (seed, epoch), so a run resumed from a checkpoint ends with the same
+adapter as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from . import adapters
+from .data import DataError, Encoder, Example, TaskSpec, collate_training, length_grouped_batches, load_table, resolve_label_names
+from .evaluate import classification_metrics, classify_by_generation, score_labels
+from .methods import config_class_for
+from .model import PeftModel, get_peft_model
+from .models import DEFAULT_MODEL, load_base_model, load_tokenizer
+
+TASK_NAME = "task.json"
+STATE_NAME = "trainer_state.json"
+OPTIMIZER_NAME = "optimizer.safetensors"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainConfig:
+    """A training run. Every field can be set in YAML or overridden on the command line (--field value)."""
+
+    model: str = DEFAULT_MODEL
+    """Base causal LM: local folder, hub id, or the offline default smollm2-135m."""
+    method: str = "prompt_tuning"
+    """prompt_tuning, p_tuning or prefix_tuning."""
+    method_options: dict = field(default_factory=lambda: {"num_virtual_tokens": 20})
+    """Fields of the method's config, PEFT names (num_virtual_tokens, prompt_tuning_init, encoder_hidden_size...)."""
+
+    train_file: str | None = None
+    """Local CSV/TSV/JSON/JSONL/Parquet training data; or use dataset + train_split."""
+    eval_file: str | None = None
+    """Local labelled evaluation data, reported every epoch."""
+    dataset: str | None = None
+    """Hub dataset id (e.g. ought/raft), for users online."""
+    dataset_config: str | None = None
+    train_split: str = "train"
+    eval_split: str | None = None
+    task: TaskSpec = field(default_factory=TaskSpec)
+    """text_columns, label_column, label_names, verbalizer, template, max_length."""
+    validation_fraction: float = 0.0
+    """Hold out this share of the training rows (stratified) to pick the best epoch, instead of the eval data."""
+
+    epochs: int = 10
+    lr: float = 3e-2
+    batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    eval_method: str = "scoring"
+    """scoring (label log-likelihood, one forward) or generation (greedy text mapped to a label)."""
+    eval_batch_size: int = 16
+    best_metric: str = "macro_f1"
+    """accuracy, macro_f1 or loss: which selects the best epoch."""
+    early_stopping_patience: int | None = None
+    """Stop after this many epochs without a better selection metric."""
+    output_dir: str = "runs/demo"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.task, dict):
+            self.task = TaskSpec(**self.task)
+        problems = []
+        if self.train_file is None and self.dataset is None:
+            problems.append("give train_file (a local file) or dataset (a hub id)")
+        if self.epochs < 1 or self.batch_size < 1 or self.gradient_accumulation_steps < 1:
+            problems.append("epochs, batch_size and gradient_accumulation_steps must be >= 1")
+        if not self.lr > 0:
+            problems.append(f"lr must be > 0, got {self.lr}")
+        if self.eval_method not in ("scoring", "generation"):
+            problems.append(f"eval_method must be 'scoring' or 'generation', got {self.eval_method!r}")
+        if self.best_metric not in ("accuracy", "macro_f1", "loss"):
+            problems.append(f"best_metric must be accuracy, macro_f1 or loss, got {self.best_metric!r}")
+        if not 0 <= self.validation_fraction < 1:
+            problems.append(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
+        if problems:
+            raise ValueError("Invalid training config: " + "; ".join(problems) + ".")
+        self.method_config()  # validates method and options now, not after loading the model
+
+    def method_config(self):
+        config_class = config_class_for(self.method)
+        known = {f.name for f in dataclasses.fields(config_class)}
+        unknown = sorted(set(self.method_options) - known)
+        if unknown:
+            raise ValueError(f"method_options {unknown} are not fields of {config_class.__name__}; known: {sorted(known)}.")
+        return config_class(**{"base_model_name_or_path": self.model, **self.method_options})
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike, overrides: dict | None = None) -> "TrainConfig":
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise ValueError(f"Could not read config {path}: {error}") from error
+        return cls.from_dict(data, overrides, origin=str(path))
+
+    @classmethod
+    def from_dict(cls, data: dict, overrides: dict | None = None, origin: str = "config") -> "TrainConfig":
+        data = json.loads(json.dumps(data))  # deep copy
+        for dotted, value in (overrides or {}).items():
+            target, *path, leaf = [data] + dotted.split(".")
+            for key in path:
+                target = target.setdefault(key, {})
+            target[leaf] = value
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{origin}: unknown fields {unknown}. Known fields: {sorted(known)}.")
+        return cls(**data)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---- data ----------------------------------------------------------------------------------
+def load_task_data(config: TrainConfig, tokenizer):
+    """-> (encoder, train examples, selection examples or None, eval examples or None)."""
+    source = config.train_file or config.dataset
+    train_table = load_table(source, config.dataset_config, config.train_split)
+    names = resolve_label_names(config.task, train_table)
+    encoder = Encoder(tokenizer, config.task, names)
+    train = encoder.encode_table(train_table)
+    evaluation = None
+    if config.eval_file or config.eval_split:
+        eval_table = load_table(config.eval_file or config.dataset, config.dataset_config, config.eval_split or "validation")
+        evaluation = encoder.encode_table(eval_table)
+    selection = None
+    if config.validation_fraction > 0:
+        train, selection = stratified_split(train, config.validation_fraction, config.seed)
+    return encoder, train, selection, evaluation
+
+
+def stratified_split(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+    rng = random.Random(seed)
+    keep, held = [], []
+    for label in sorted({e.label for e in examples}):
+        group = [e for e in examples if e.label == label]
+        rng.shuffle(group)
+        n = max(1, round(len(group) * fraction))
+        held += group[:n]
+        keep += group[n:]
+    return keep, held
+
+
+# ---- checkpoints ---------------------------------------------------------------------------
+def optimizer_to_files(optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """AdamW state as safetensors tensors plus JSON (no pickle)."""
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, values in state["state"].items():
+        for name, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{index}.{name}"] = value
+            else:
+                scalars[f"{index}.{name}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_files(tensors: dict[str, torch.Tensor], info: dict) -> dict:
+    state: dict = {}
+    for key, value in list(tensors.items()) + list(info["scalars"].items()):
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    return {"state": state, "param_groups": info["param_groups"]}
+
+
+def save_checkpoint(folder: Path, model: PeftModel, encoder: Encoder, optimizer, scheduler, state: dict) -> None:
+    tensors, optimizer_info = optimizer_to_files(optimizer)
+
+    def write(staging: Path) -> None:
+        model.write_adapter_files(staging, include_prompt_source=True)
+        write_task(staging, encoder)
+        adapters.save_tensors(tensors, staging / OPTIMIZER_NAME)
+        payload = {**state, "optimizer": optimizer_info, "scheduler": scheduler.state_dict()}
+        adapters.atomic_write_bytes(staging / STATE_NAME, json.dumps(payload, indent=1).encode())
+
+    adapters.write_folder_atomically(folder, write)
+
+
+def write_task(folder: Path, encoder: Encoder) -> None:
+    """What prediction needs besides the adapter: template, label names and their texts."""
+    spec = dataclasses.asdict(encoder.spec)
+    spec["label_names"] = encoder.names
+    adapters.atomic_write_bytes(Path(folder) / TASK_NAME, json.dumps(spec, indent=1).encode())
+
+
+def read_task(folder: str | os.PathLike) -> TaskSpec:
+    path = Path(folder) / TASK_NAME
+    if not path.is_file():
+        raise adapters.AdapterError(
+            f"{folder} has no {TASK_NAME}: it holds a prompt adapter but not the task (template, labels). "
+            "Adapters written by `softprompt train` have it; for others pass --template and --label-names."
+        )
+    return TaskSpec(**json.loads(path.read_text()))
+
+
+# ---- the loop ------------------------------------------------------------------------------
+def train(config: TrainConfig, resume: bool = False) -> dict:
+    """Train, evaluate each epoch, checkpoint, keep the best adapter. Returns the final metrics line."""
+    from accelerate import Accelerator
+    from transformers import get_linear_schedule_with_warmup
+
+    accelerator = Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps)
+    main = accelerator.is_main_process
+    out = Path(config.output_dir)
+    checkpoint_dir, adapter_dir = out / "checkpoint", out / "adapter"
+    state = read_state(checkpoint_dir) if resume else None
+    if resume and state is None and main:
+        print(f"No checkpoint in {checkpoint_dir}: starting from the beginning.")
+
+    torch.manual_seed(config.seed)
+    tokenizer = load_tokenizer(config.model)
+    encoder, train_examples, selection, evaluation = load_task_data(config, tokenizer)
+    report_truncation(train_examples, selection, evaluation, main)
+    base = load_base_model(config.model)
+    model = get_peft_model(base, config.method_config())
+    if state is not None:
+        model.prompt_source.load_state_dict(load_file(str(checkpoint_dir / adapters.SOURCE_NAME)))
+    if main:
+        model.print_trainable_parameters()
+
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay
+    )
+    batches_per_epoch = math.ceil(len(train_examples) / config.batch_size / accelerator.num_processes)
+    total_steps = math.ceil(batches_per_epoch / config.gradient_accumulation_steps) * config.epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, round(config.warmup_ratio * total_steps), total_steps)
+    if state is not None:
+        optimizer.load_state_dict(
+            optimizer_from_files(load_file(str(checkpoint_dir / OPTIMIZER_NAME)), state["optimizer"])
+        )
+        scheduler.load_state_dict(state["scheduler"])
+    model, optimizer = accelerator.prepare(model, optimizer)
+    plain = accelerator.unwrap_model(model)
+
+    history = state["history"] if state else []
+    best = state["best"] if state else None
+    start_epoch = state["epoch"] if state else 0
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        adapters.atomic_write_bytes(out / "run_config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False).encode())
+    pad_id = tokenizer.pad_token_id
+    for epoch in range(start_epoch, config.epochs):
+        started = time.time()
+        torch.manual_seed(config.seed + epoch)  # dropout and anything random: a function of (seed, epoch)
+        order = length_grouped_batches(
+            [len(e.prompt_ids) + len(e.target_ids) for e in train_examples], config.batch_size, config.seed + epoch
+        )
+        loader = torch.utils.data.DataLoader(
+            train_examples, batch_sampler=order, collate_fn=lambda rows: collate_training(rows, pad_id)
+        )
+        loader = accelerator.prepare_data_loader(loader)
+        model.train()
+        loss_sum = torch.zeros((), device=accelerator.device)
+        token_count = torch.zeros((), device=accelerator.device)
+        progress = tqdm_or_none(loader, f"epoch {epoch + 1}/{config.epochs}", config.progress and main)
+        for step, batch in enumerate(progress):
+            with accelerator.accumulate(model):
+                loss = model(**batch).loss
+                if not torch.isfinite(loss):
+                    raise TrainingDiverged(
+                        f"The loss became {loss.item()} in epoch {epoch + 1}, batch {step + 1}. "
+                        f"The last good checkpoint ({checkpoint_dir}, epoch {start_epoch if not history else history[-1]['epoch']}) "
+                        "is intact. Lower lr (or raise warmup_ratio), then rerun with --resume."
+                    )
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and config.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                optimizer.step()  # a no-op while accumulating
+                if accelerator.sync_gradients:
+                    scheduler.step()
+                optimizer.zero_grad()
+            tokens = (batch["labels"][:, 1:] != -100).sum()
+            loss_sum += loss.detach() * tokens
+            token_count += tokens
+            if hasattr(progress, "set_postfix"):
+                progress.set_postfix(loss=f"{loss.item():.3f}")
+        loss_sum, token_count = accelerator.reduce(loss_sum), accelerator.reduce(token_count)
+        train_loss = (loss_sum / token_count).item()
+        line = {"epoch": epoch + 1, "train_loss": train_loss, "train_ppl": safe_exp(train_loss)}
+        if main:
+            if evaluation is not None:
+                line.update(prefixed("eval_", evaluate_examples(plain, encoder, evaluation, config)))
+            if selection is not None:
+                line.update(prefixed("val_", evaluate_examples(plain, encoder, selection, config)))
+            line["lr"] = scheduler.get_last_lr()[0]
+            line["seconds"] = round(time.time() - started, 2)
+            chosen = selection_score(line, config)
+            improved = best is None or chosen is None or chosen > best["score"]
+            if improved:
+                best = {"epoch": epoch + 1, "score": chosen}
+                write_adapter(plain, encoder, adapter_dir)
+            history.append(line)
+            append_metrics(out, line, history)
+            save_checkpoint(
+                checkpoint_dir, plain, encoder, optimizer, scheduler, {"epoch": epoch + 1, "history": history, "best": best}
+            )
+            print(format_line(line))
+            crash_for_tests(epoch + 1)
+        accelerator.wait_for_everyone()
+        patience = config.early_stopping_patience
+        if patience is not None and best is not None and epoch + 1 - best["epoch"] >= patience:
+            if main:
+                print(f"Early stopping: no better {config.best_metric} for {patience} epochs (best: epoch {best['epoch']}).")
+            break
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return history[-1] if history else {}
+
+
+def evaluate_examples(model, encoder, examples, config) -> dict:
+    """Teacher-forced loss/perplexity and classification metrics on labelled examples."""
+    model.eval()
+    total, tokens = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(examples), config.eval_batch_size):
+            batch = collate_training(examples[start : start + config.eval_batch_size], encoder.tokenizer.pad_token_id)
+            batch = {k: v.to(model.device) for k, v in batch.items()}
+            n = int((batch["labels"][:, 1:] != -100).sum())
+            total += model(**batch).loss.item() * n
+            tokens += n
+    gold = [e.label for e in examples]
+    if config.eval_method == "generation":
+        predicted, _ = classify_by_generation(model, encoder, examples, config.eval_batch_size, config.progress)
+    else:
+        predicted = score_labels(model, encoder, examples, config.eval_batch_size, config.progress).argmax(-1).tolist()
+    metrics = classification_metrics(gold, predicted, encoder.class_names)
+    loss = total / max(tokens, 1)
+    return {"loss": loss, "ppl": safe_exp(loss), "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
+
+
+def write_adapter(model: PeftModel, encoder: Encoder, folder: Path) -> None:
+    adapters.write_folder_atomically(folder, lambda staging: (model.write_adapter_files(staging), write_task(staging, encoder)))
+
+
+def selection_score(line: dict, config: TrainConfig) -> float | None:
+    prefix = "val_" if f"val_{config.best_metric}" in line else "eval_"
+    value = line.get(prefix + config.best_metric)
+    if value is None:
+        return None  # nothing to select on: the latest epoch is kept
+    return -value if config.best_metric == "loss" else value
+
+
+def read_state(folder: Path) -> dict | None:
+    path = folder / STATE_NAME
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise adapters.AdapterError(f"{path} is damaged ({error}); delete {folder} to start over.") from error
+
+
+def append_metrics(out: Path, line: dict, history: list[dict]) -> None:
+    text = "".join(json.dumps(h) + "\n" for h in history)
+    adapters.atomic_write_bytes(out / "metrics.jsonl", text.encode())
+    plot_metrics(history, out / "metrics.png")
+
+
+def plot_metrics(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for key in ("train_loss", "eval_loss", "val_loss"):
+        if key in history[0]:
+            left.plot(epochs, [h[key] for h in history], marker="o", label=key)
+    left.set_xlabel("epoch")
+    left.set_title("loss")
+    left.legend()
+    for key in ("eval_accuracy", "eval_macro_f1", "val_accuracy", "val_macro_f1"):
+        if key in history[0]:
+            right.plot(epochs, [h[key] for h in history], marker="o", label=key)
+    right.set_xlabel("epoch")
+    right.set_ylim(0, 1)
+    right.set_title("classification")
+    right.legend()
+    figure.tight_layout()
+    temp = path.with_name(f".{path.name}.tmp.png")
+    figure.savefig(temp, dpi=80)
+    plt.close(figure)
+    os.replace(temp, path)
+
+
+def report_truncation(train, selection, evaluation, main: bool) -> None:
+    if not main:
+        return
+    for name, examples in (("train", train), ("validation", selection), ("eval", evaluation)):
+        if examples:
+            cut = sum(e.truncated for e in examples)
+            if cut:
+                print(f"{name}: {cut} of {len(examples)} examples had their text truncated to fit max_length.")
+
+
+def tqdm_or_none(iterable, description: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=description, disable=not enabled, leave=False)
+
+
+def prefixed(prefix: str, metrics: dict) -> dict:
+    return {prefix + key: value for key, value in metrics.items()}
+
+
+def safe_exp(value: float) -> float:
+    return math.exp(min(value, 50.0))
+
+
+def format_line(line: dict) -> str:
+    shown = [f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in line.items()]
+    return "  ".join(shown)
+
+
+def crash_for_tests(epoch: int) -> None:
+    """Tests of --resume set SOFTPROMPT_KILL_AFTER_EPOCH to die by SIGKILL right after a checkpoint."""
+    if os.environ.get("SOFTPROMPT_KILL_AFTER_EPOCH") == str(epoch):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+__all__ = ["DataError", "TrainConfig", "TrainingDiverged", "read_task", "train"]
