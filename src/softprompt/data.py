@@ -76,6 +76,8 @@ def load_table(source: str, dataset_config: str | None = None, split: str = "tra
     except DataError:
         raise
     except Exception as error:
+        if "corresponds to no data" in str(error):  # datasets' words for a file with a header and no rows
+            raise DataError(f"{source} has no rows. Point to a file or split with data.") from error
         raise DataError(f"Could not read data from {source!r}: {type(error).__name__}: {error}") from error
     features = getattr(dataset, "features", {}) or {}
     class_names = None

@@ -1,0 +1,164 @@
+"""The whole workflow on a tiny model: CLI train/eval/predict/info, resume after kill -9, NaN stop, DDP, configs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from softprompt import cli, model as model_module, train as train_module
+from softprompt.train import TrainConfig, TrainingDiverged, train
+from tiny_run import run_config
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = ["prompt_tuning", "p_tuning", "prefix_tuning"]
+
+
+def write_yaml(tmp_path, config, name="run.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def run_cli(args, env=None, **kwargs):
+    """Run `python -m softprompt.cli ...` in a fresh process (as a user would)."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "softprompt.cli", *args], capture_output=True, text=True, env=full_env, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """One CLI training run on the tiny model, shared by the tests that read its outputs."""
+    tmp_path = tmp_path_factory.mktemp("run")
+    config = write_yaml(tmp_path, run_config(tmp_path, lr=0.3))
+    assert cli.main(["train", "--config", str(config), "--epochs", "4"]) == 0
+    return tmp_path
+
+
+def test_cli_train_writes_adapter_checkpoint_metrics_and_plot(trained_run):
+    run = trained_run / "run"
+    assert sorted(os.listdir(run)) == ["adapter", "checkpoint", "metrics.jsonl", "metrics.png", "run_config.yaml"]
+    assert sorted(os.listdir(run / "adapter")) == ["adapter_config.json", "adapter_model.safetensors", "task.json"]
+    assert {"optimizer.safetensors", "prompt_source.safetensors", "trainer_state.json"} <= set(os.listdir(run / "checkpoint"))
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [1, 2, 3, 4]
+    for key in ("train_loss", "train_ppl", "eval_loss", "eval_ppl", "eval_accuracy", "eval_macro_f1"):
+        assert key in lines[0]
+    assert lines[-1]["train_loss"] < lines[0]["train_loss"]  # it learns
+    assert (run / "metrics.png").read_bytes()[:4] == b"\x89PNG"
+    resolved = yaml.safe_load((run / "run_config.yaml").read_text())
+    assert resolved["epochs"] == 4 and resolved["method"] == "prompt_tuning"  # the override is recorded
+
+
+def test_cli_predict_eval_and_info(trained_run, tmp_path):
+    adapter = str(trained_run / "run" / "adapter")
+    done = run_cli(["predict", adapter, "my order never arrived", "thanks for the quick help"])
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r["Tweet text"] for r in rows] == ["my order never arrived", "thanks for the quick help"]
+    assert all(r["label"] in ("complaint", "no complaint") for r in rows)
+    assert all(abs(r["p(complaint)"] + r["p(no complaint)"] - 1) < 1e-3 for r in rows)
+
+    out = tmp_path / "predictions.csv"
+    done = run_cli(["predict", adapter, "--input", str(trained_run / "dev.csv"), "--output", str(out)])
+    assert done.returncode == 0, done.stderr
+    assert out.read_text().splitlines()[0].startswith("Tweet text,ID,Label,label")
+    done = run_cli(["predict", adapter, "--input", "-"], input="first message\nsecond message\n")
+    assert len(done.stdout.splitlines()) == 2
+
+    done = run_cli(["eval", adapter, "--data", str(trained_run / "dev.csv")])
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads(done.stdout)
+    assert metrics["count"] == 12 and 0 <= metrics["accuracy"] <= 1 and len(metrics["confusion"]) == 2
+
+    done = run_cli(["info", adapter])
+    info = json.loads(done.stdout)
+    assert info["method"] == "PROMPT_TUNING" and info["prompt_embeddings"] == [4, 32]
+    assert info["labels"] == ["Unlabeled", "complaint", "no complaint"]
+
+
+def test_cli_errors_are_clear(tmp_path):
+    done = run_cli(["train", "--train_file", str(tmp_path / "missing.csv"), "--model", "x", "--method", "lora"])
+    assert done.returncode == 2 and "Unknown prompt method 'lora'" in done.stderr
+    done = run_cli(["predict", str(tmp_path / "nothing"), "hello"])
+    assert done.returncode == 2 and "does not exist" in done.stderr
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_resume_after_kill_9_ends_with_the_same_adapter(tmp_path, method):
+    straight = write_yaml(tmp_path, run_config(tmp_path, method, output_dir=str(tmp_path / "straight")), "a.yaml")
+    killed = write_yaml(tmp_path, run_config(tmp_path, method, output_dir=str(tmp_path / "killed")), "b.yaml")
+    assert run_cli(["train", "--config", str(straight)]).returncode == 0
+    done = run_cli(["train", "--config", str(killed)], env={"SOFTPROMPT_KILL_AFTER_EPOCH": "2"})
+    assert done.returncode == -signal.SIGKILL
+    state = json.loads((tmp_path / "killed" / "checkpoint" / "trainer_state.json").read_text())
+    assert state["epoch"] == 2
+    done = run_cli(["train", "--config", str(killed), "--resume"])
+    assert done.returncode == 0, done.stderr
+    for folder, name in [("adapter", "adapter_model.safetensors"), ("checkpoint", "prompt_source.safetensors")]:
+        a = load_file(tmp_path / "straight" / folder / name)
+        b = load_file(tmp_path / "killed" / folder / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f"{folder}/{name} differs"
+    history = lambda run: (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+    assert len(history("killed")) == 3
+    strip = lambda lines: [{k: v for k, v in json.loads(l).items() if k != "seconds"} for l in lines]
+    assert strip(history("killed")) == strip(history("straight"))
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    poisoned = {"on": False}
+    real_save, real_loss = train_module.save_checkpoint, model_module.causal_lm_loss
+
+    def save_then_poison(*args, **kwargs):
+        real_save(*args, **kwargs)
+        poisoned["on"] = True
+
+    def loss(logits, labels, num_virtual):
+        value = real_loss(logits, labels, num_virtual)
+        return value * float("nan") if poisoned["on"] else value
+
+    monkeypatch.setattr(train_module, "save_checkpoint", save_then_poison)
+    monkeypatch.setattr(model_module, "causal_lm_loss", loss)
+    config = TrainConfig.from_dict(run_config(tmp_path))
+    with pytest.raises(TrainingDiverged, match=r"loss became nan in epoch 2.*epoch 1\) is intact. Lower lr"):
+        train(config)
+    state = json.loads((tmp_path / "run" / "checkpoint" / "trainer_state.json").read_text())
+    assert state["epoch"] == 1
+    assert load_file(tmp_path / "run" / "checkpoint" / "adapter_model.safetensors")["prompt_embeddings"].isfinite().all()
+
+
+def test_accelerate_two_processes_train_and_save_one_adapter(tmp_path):
+    config = write_yaml(tmp_path, run_config(tmp_path, epochs=2))
+    launcher = Path(sys.executable).with_name("accelerate")
+    done = subprocess.run(
+        [str(launcher), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+         "--dynamo_backend", "no", "-m", "softprompt.cli", "train", "--config", str(config)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("trainable params:") == 1  # only the main process reports
+    assert sorted(os.listdir(tmp_path / "run")) == ["adapter", "checkpoint", "metrics.jsonl", "metrics.png", "run_config.yaml"]
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folders left
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").rglob("*.yaml")) + [ROOT / "src/softprompt/demo_data/demo.yaml"], ids=str)
+def test_every_shipped_config_is_valid(path):
+    data = yaml.safe_load(path.read_text())
+    data.setdefault("train_file", "placeholder.csv")  # the demo config gets its files from the package
+    config = TrainConfig.from_dict(data, origin=str(path))
+    assert config.method_config().num_virtual_tokens >= 1
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(ValueError, match="unknown fields \\['epoch'\\]"):
+        TrainConfig.from_dict({"train_file": "x.csv", "epoch": 3})
+    with pytest.raises(ValueError, match="not fields of PromptTuningConfig"):
+        TrainConfig.from_dict({"train_file": "x.csv", "method_options": {"num_virtual_tokens": 4, "prefix_projection": True}})
+    with pytest.raises(ValueError, match="give train_file"):
+        TrainConfig.from_dict({})
