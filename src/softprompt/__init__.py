@@ -4,7 +4,7 @@ A drop-in for PEFT's prompt-learning API: `from softprompt import get_peft_model
 """
 
 from .adapters import AdapterError
-from .config import ConfigError, PeftConfig, PeftType, PromptLearningConfig, TaskType
+from .config import ConfigError, PeftConfig, PeftType, PromptLearningConfig, TaskType, get_peft_config
 from .methods import (
     PrefixTuningConfig,
     PromptEncoderConfig,
@@ -34,6 +34,7 @@ __all__ = [
     "PromptTuningConfig",
     "PromptTuningInit",
     "TaskType",
+    "get_peft_config",
     "get_peft_model",
     "load_base_model",
     "load_tokenizer",

@@ -11,7 +11,7 @@ import enum
 import json
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 CONFIG_NAME = "adapter_config.json"
@@ -135,6 +135,11 @@ class PromptLearningConfig:
 PeftConfig = PromptLearningConfig
 
 
+def get_peft_config(config_dict: dict[str, Any]) -> PromptLearningConfig:
+    """PEFT's helper: a config from a dict with a `peft_type`."""
+    return PromptLearningConfig.from_dict(config_dict)
+
+
 def positive_int_or_none(config: Any, name: str) -> None:
     """Check an optional size field; used by method configs."""
     value = getattr(config, name)
@@ -142,4 +147,4 @@ def positive_int_or_none(config: Any, name: str) -> None:
         raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
 
 
-__all__ = ["ConfigError", "PeftConfig", "PeftType", "PromptLearningConfig", "TaskType", "field"]
+__all__ = ["ConfigError", "PeftConfig", "PeftType", "PromptLearningConfig", "TaskType", "get_peft_config"]

@@ -1,0 +1,68 @@
+"""Label scoring equals a one-row-at-a-time reference; metrics match hand counts; generated text maps to labels."""
+
+import pytest
+import torch
+from softprompt import PrefixTuningConfig, PromptTuningConfig, get_peft_model
+from softprompt.data import Encoder, TaskSpec
+from softprompt.evaluate import classification_metrics, classify_by_generation, match_label, score_labels
+from tiny_run import make_tiny_model_folder, toy_rows
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+NAMES = ["Unlabeled", "complaint", "no complaint"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    folder = make_tiny_model_folder(tmp_path_factory.mktemp("tiny"))
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    encoder = Encoder(tokenizer, TaskSpec(label_names=NAMES), NAMES)
+    examples = [encoder.encode(row) for row in toy_rows(7, seed=3)]
+    return folder, encoder, examples
+
+
+@pytest.mark.parametrize("config", [PromptTuningConfig(num_virtual_tokens=3), PrefixTuningConfig(num_virtual_tokens=3)], ids=["prompt", "prefix"])
+def test_batched_label_scores_equal_one_row_at_a_time(setup, config):
+    folder, encoder, examples = setup
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(folder), config).eval()
+    scores = score_labels(model, encoder, examples, batch_size=3, progress=False)
+    for i, example in enumerate(examples):
+        for k in range(2):
+            target = encoder.target_ids(k)
+            ids = torch.tensor([example.prompt_ids + target])
+            with torch.no_grad():
+                log_probs = model(input_ids=ids).logits[0].log_softmax(-1)
+            start = len(example.prompt_ids)
+            reference = sum(log_probs[start - 1 + j, t].item() for j, t in enumerate(target))
+            assert scores[i, k].item() == pytest.approx(reference, abs=1e-4)
+
+
+def test_generation_classifier_returns_labels_or_unmatched(setup):
+    folder, encoder, examples = setup
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(folder), PromptTuningConfig(num_virtual_tokens=3)).eval()
+    predictions, texts = classify_by_generation(model, encoder, examples, batch_size=4, progress=False)
+    assert len(predictions) == len(examples) == len(texts)
+    assert all(p in (-1, 0, 1) for p in predictions)
+    assert all(p == match_label(t, ["complaint", "no complaint"]) for p, t in zip(predictions, texts))
+
+
+def test_match_label():
+    labels = ["complaint", "no complaint"]
+    assert match_label(" complaint", labels) == 0
+    assert match_label("No Complaint\n", labels) == 1
+    assert match_label("no complaint, really", labels) == 1  # longest label it starts with
+    assert match_label("maybe", labels) == -1
+
+
+def test_metrics_match_hand_counts():
+    gold = [0, 0, 0, 1, 1, 1, 1]
+    predicted = [0, 1, -1, 1, 1, 0, 1]
+    m = classification_metrics(gold, predicted, ["a", "b"])
+    assert m["confusion"] == [[1, 1, 1], [1, 3, 0]]
+    assert m["accuracy"] == pytest.approx(4 / 7)
+    assert m["unmatched"] == 1
+    pa, ra = 1 / 2, 1 / 3
+    pb, rb = 3 / 4, 3 / 4
+    fa, fb = 2 * pa * ra / (pa + ra), 2 * pb * rb / (pb + rb)
+    assert m["per_class"]["a"]["precision"] == pytest.approx(pa) and m["per_class"]["a"]["recall"] == pytest.approx(ra)
+    assert m["macro_f1"] == pytest.approx((fa + fb) / 2)
