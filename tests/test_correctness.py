@@ -104,3 +104,25 @@ def test_gradient_checkpointing_gives_the_same_gradients(method, arch, reentrant
         grads.append([p.grad.clone() for p in model.prompt_source.parameters()])
     for plain, checkpointed in zip(*grads):
         torch.testing.assert_close(checkpointed, plain, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method,arch", [(m, a) for m in METHODS for a in ("llama_gqa", "gpt2")])
+def test_logits_to_keep_gives_the_same_loss_and_gradients(method, arch):
+    """The LM head on the last K positions only: same loss as the full head when labels sit at the end."""
+    input_ids, attention_mask, _ = left_padded_batch(lengths=(7, 5, 3))
+    labels = torch.full_like(input_ids, -100)
+    labels[:, -2:] = input_ids[:, -2:]
+    results = []
+    for keep in (0, 3):
+        model = wrapped(method, arch)
+        output = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, logits_to_keep=keep)
+        output.loss.backward()
+        results.append((output, [p.grad for p in model.prompt_source.parameters()]))
+    (full, full_grads), (kept, kept_grads) = results
+    assert kept.logits.shape[1] == 3
+    torch.testing.assert_close(kept.logits, full.logits[:, -3:], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(kept.loss, full.loss, atol=1e-6, rtol=1e-6)
+    for a, b in zip(full_grads, kept_grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="raise logits_to_keep"):
+        model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, logits_to_keep=2)

@@ -131,7 +131,7 @@ class Injection:
         raise NotImplementedError
 
     def forward(self, model, table, input_ids, inputs_embeds, attention_mask, position_ids, **kwargs):
-        """-> (logits [B, V0+L, V], V0): V0 leading logits rows belong to virtual positions."""
+        """-> logits [B, T, V] for the last T positions of the sequence (virtual ones included, if any)."""
         raise NotImplementedError
 
     def generation_cache(self, model, table, batch_size) -> DynamicCache:
@@ -161,8 +161,7 @@ class EmbeddingPrefix(Injection):
             else:
                 virtual = torch.arange(num_virtual, device=embeds.device).expand(batch, -1)
                 kwargs["position_ids"] = torch.cat([virtual, position_ids + num_virtual], dim=1)
-        output = model(inputs_embeds=embeds, attention_mask=full_mask, use_cache=False, **kwargs)
-        return output.logits, num_virtual
+        return model(inputs_embeds=embeds, attention_mask=full_mask, use_cache=False, **kwargs).logits
 
     @torch.no_grad()
     def generation_cache(self, model, table, batch_size) -> DynamicCache:
@@ -200,7 +199,7 @@ class KVPrefix(Injection):
         output = run_with_prefix_cache(
             model, cache, table.shape[0], input_ids, inputs_embeds, attention_mask, position_ids, **kwargs
         )
-        return output.logits, 0
+        return output.logits
 
     @torch.no_grad()
     def generation_cache(self, model, table, batch_size) -> DynamicCache:

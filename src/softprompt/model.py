@@ -91,18 +91,32 @@ class PeftModel(nn.Module):
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        logits_to_keep: int = 0,
         **kwargs,
     ) -> CausalLMOutputWithPast:
-        """Logits [B, L, V] aligned with `input_ids` (no virtual positions); loss over `labels` != -100."""
+        """Logits [B, L, V] aligned with `input_ids` (no virtual positions); loss over `labels` != -100.
+
+        `logits_to_keep=K` computes the LM head for the last K positions only (logits [B, K, V]): with
+        left padding and labels at the end of each row, K = longest label + 1 is all a loss needs.
+        """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         for unsupported in ("past_key_values", "cache"):
             if kwargs.pop(unsupported, None) is not None:
                 raise ValueError(f"{unsupported} is not supported in forward(); use generate() for cached decoding.")
         kwargs.pop("use_cache", None)
-        logits, num_virtual = self.injection.forward(
+        if logits_to_keep:
+            kwargs["logits_to_keep"] = logits_to_keep
+        logits = self.injection.forward(
             self.base_model, self.prompt_table(), input_ids, inputs_embeds, attention_mask, position_ids, **kwargs
-        )  # [B, V0+L, V]
+        )  # [B, T, V]: the last T positions of [virtual..., input...]
+        length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        num_virtual = max(logits.shape[1] - length, 0)  # leading rows that belong to virtual positions
+        if logits_to_keep and labels is not None and (labels[:, : max(length - logits.shape[1] + 1, 0)] != -100).any():
+            raise ValueError(
+                f"Some labels lie before the last logits_to_keep={logits_to_keep} positions, so no logits predict "
+                "them: raise logits_to_keep to the longest label + 1, or leave it at 0 (all positions)."
+            )
         loss = None if labels is None else causal_lm_loss(logits, labels, num_virtual)
         return CausalLMOutputWithPast(loss=loss, logits=logits[:, num_virtual:])
 
@@ -273,12 +287,12 @@ def check_table_fits(table: torch.Tensor, config: PromptLearningConfig, model: P
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, num_virtual: int) -> torch.Tensor:
     """Mean next-token cross-entropy over labels != -100.
 
-    logits [B, V0+L, V]: row t predicts the token at row t+1. With V0 >= 1 virtual rows, the last
-    virtual row predicts the first input token (as in PEFT); otherwise the first token has no predictor.
+    logits [B, T, V] are the last T positions; row t predicts the token at row t+1. With virtual
+    rows in front, the last of them predicts the first input token (as in PEFT).
     """
     start = max(num_virtual - 1, 0)
-    predictions = logits[:, start:-1]  # [B, T, V]
-    targets = labels[:, labels.shape[1] - predictions.shape[1] :]  # [B, T]
+    predictions = logits[:, start:-1]  # [B, N, V]
+    targets = labels[:, labels.shape[1] - predictions.shape[1] :]  # [B, N], end-aligned
     return F.cross_entropy(predictions.float().reshape(-1, predictions.shape[-1]), targets.reshape(-1), ignore_index=-100)
 
 

@@ -266,6 +266,7 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         adapters.atomic_write_bytes(out / "run_config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False).encode())
     pad_id = tokenizer.pad_token_id
+    keep = max(len(e.target_ids) for e in train_examples) + 1  # labels end every left-padded row
     for epoch in range(start_epoch, config.epochs):
         started = time.time()
         torch.manual_seed(config.seed + epoch)  # dropout and anything random: a function of (seed, epoch)
@@ -282,7 +283,7 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
         progress = tqdm_or_none(loader, f"epoch {epoch + 1}/{config.epochs}", config.progress and main)
         for step, batch in enumerate(progress):
             with accelerator.accumulate(model):
-                loss = model(**batch).loss
+                loss = model(**batch, logits_to_keep=keep).loss
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(
                         f"The loss became {loss.item()} in epoch {epoch + 1}, batch {step + 1}. "
@@ -338,12 +339,13 @@ def evaluate_examples(model, encoder, examples, config) -> dict:
     """Teacher-forced loss/perplexity and classification metrics on labelled examples."""
     model.eval()
     total, tokens = 0.0, 0
+    keep = max(len(e.target_ids) for e in examples) + 1
     with torch.no_grad():
         for start in range(0, len(examples), config.eval_batch_size):
             batch = collate_training(examples[start : start + config.eval_batch_size], encoder.tokenizer.pad_token_id)
             batch = {k: v.to(model.device) for k, v in batch.items()}
             n = int((batch["labels"][:, 1:] != -100).sum())
-            total += model(**batch).loss.item() * n
+            total += model(**batch, logits_to_keep=keep).loss.item() * n
             tokens += n
     gold = [e.label for e in examples]
     if config.eval_method == "generation":
