@@ -126,3 +126,16 @@ def test_logits_to_keep_gives_the_same_loss_and_gradients(method, arch):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
     with pytest.raises(ValueError, match="raise logits_to_keep"):
         model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, logits_to_keep=2)
+
+
+@pytest.mark.parametrize("method,arch", CASES)
+def test_inference_fast_path_equals_the_training_path(method, arch):
+    """Without gradients, embedding prompts run once per batch as a KV cache; the logits must not change."""
+    model = wrapped(method, arch).eval()
+    input_ids, attention_mask, _ = left_padded_batch()
+    with torch.enable_grad():
+        plain = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    with torch.no_grad():
+        fast = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    real = attention_mask.bool()
+    torch.testing.assert_close(fast[real], plain.detach()[real], atol=1e-5, rtol=1e-5)

@@ -146,6 +146,8 @@ class EmbeddingPrefix(Injection):
         return self.shape.hidden_size
 
     def forward(self, model, table, input_ids, inputs_embeds, attention_mask, position_ids, **kwargs):
+        if not torch.is_grad_enabled():
+            return self.forward_from_prompt_cache(model, table, input_ids, inputs_embeds, attention_mask, position_ids, **kwargs)
         if inputs_embeds is None:
             inputs_embeds = model.get_input_embeddings()(input_ids)  # [B, L, H]
         batch, length = inputs_embeds.shape[:2]
@@ -163,14 +165,28 @@ class EmbeddingPrefix(Injection):
                 kwargs["position_ids"] = torch.cat([virtual, position_ids + num_virtual], dim=1)
         return model(inputs_embeds=embeds, attention_mask=full_mask, use_cache=False, **kwargs).logits
 
+    def forward_from_prompt_cache(self, model, table, input_ids, inputs_embeds, attention_mask, position_ids, **kwargs):
+        """Inference: the virtual tokens do not depend on the input, so run them once for the whole
+        batch and let every row attend to their keys/values, instead of recomputing them per row."""
+        batch = (input_ids if input_ids is not None else inputs_embeds).shape[0]
+        layers = [(layer.keys.expand(batch, -1, -1, -1), layer.values.expand(batch, -1, -1, -1))
+                  for layer in self.prompt_cache(model, table).layers]  # each [B, kv_heads, P, head_dim], no copy
+        output = run_with_prefix_cache(
+            model, frozen_prefix_cache(layers), table.shape[0], input_ids, inputs_embeds, attention_mask, position_ids, **kwargs
+        )
+        return output.logits
+
     @torch.no_grad()
-    def generation_cache(self, model, table, batch_size) -> DynamicCache:
-        """Run the virtual tokens once (they do not depend on the input) and keep their KV cache."""
+    def prompt_cache(self, model, table) -> DynamicCache:
+        """The virtual tokens run alone (batch 1, positions 0..P-1): their KV cache."""
         num_virtual = table.shape[0]
         embeds = table.to(model.get_input_embeddings().weight.dtype).unsqueeze(0)  # [1, P, H]
         mask = torch.ones(1, num_virtual, dtype=torch.long, device=embeds.device)
         kwargs = {"position_ids": positions_from_mask(mask)} if accepts_position_ids(model) else {}
-        cache = output_cache(model(inputs_embeds=embeds, attention_mask=mask, use_cache=True, **kwargs))
+        return output_cache(model(inputs_embeds=embeds, attention_mask=mask, use_cache=True, **kwargs))
+
+    def generation_cache(self, model, table, batch_size) -> DynamicCache:
+        cache = self.prompt_cache(model, table)
         cache.batch_repeat_interleave(batch_size)
         return cache
 
