@@ -405,7 +405,8 @@ def plot_metrics(history: list[dict], path: Path) -> None:
     right.set_xlabel("epoch")
     right.set_ylim(0, 1)
     right.set_title("classification")
-    right.legend()
+    if right.lines:
+        right.legend()
     figure.tight_layout()
     temp = path.with_name(f".{path.name}.tmp.png")
     figure.savefig(temp, dpi=80)

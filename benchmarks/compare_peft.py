@@ -1,0 +1,267 @@
+"""softprompt vs PEFT on the same job: RAFT twitter_complaints with SmolLM2-135M on this CPU.
+
+    .venv/bin/python benchmarks/compare_peft.py            # 10 epochs, 400 dev tweets, 3 methods
+    .venv/bin/python benchmarks/compare_peft.py --quick    # 1 epoch, 64 dev tweets (a few minutes)
+
+Each (library, method) runs in its own child process, alternating PEFT and softprompt, so that the
+peak RSS of each is its own. PEFT follows its prompt-tuning guide: pad every example to 64 tokens,
+batch 16, 20 virtual tokens, AdamW + linear schedule, classification by greedy generation.
+softprompt trains with the same model, data, seeds, batch size, learning rate and epochs, with its
+defaults (dynamic padding, LM head only where the loss needs it), and classifies by label scoring
+and by generation. Results go to benchmarks/results/*.json; --table prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "twitter_complaints"
+LABELS = ["Unlabeled", "complaint", "no complaint"]
+INIT_TEXT = "Classify if the tweet is a complaint or not:"
+LEARNING_RATES = {"prompt_tuning": 3e-2, "p_tuning": 3e-2, "prefix_tuning": 1e-2}
+
+
+def read_rows(name: str, limit: int | None = None) -> list[dict]:
+    import csv
+
+    with open(DATA / name, newline="") as file:
+        rows = list(csv.DictReader(file))
+    return rows[:limit] if limit else rows
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def metrics_of(gold: list[int], predicted: list[int]) -> dict:
+    from softprompt.evaluate import classification_metrics
+
+    m = classification_metrics(gold, predicted, LABELS[1:])
+    return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "unmatched": m["unmatched"]}
+
+
+# ---- PEFT, as in its guide ---------------------------------------------------------------------
+def run_peft(method: str, epochs: int, dev_limit: int | None, seed: int) -> dict:
+    import peft
+    from softprompt import load_base_model, load_tokenizer
+    from softprompt.evaluate import match_label
+    from softprompt.models import resolve
+    from transformers import get_linear_schedule_with_warmup
+
+    torch.manual_seed(seed)
+    tokenizer = load_tokenizer("smollm2-135m")
+    model = load_base_model("smollm2-135m")
+    configs = {
+        "prompt_tuning": lambda: peft.PromptTuningConfig(
+            task_type="CAUSAL_LM", prompt_tuning_init="TEXT", num_virtual_tokens=20,
+            prompt_tuning_init_text=INIT_TEXT, tokenizer_name_or_path=resolve("smollm2-135m"),
+        ),
+        "p_tuning": lambda: peft.PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=20, encoder_hidden_size=128),
+        "prefix_tuning": lambda: peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=20),
+    }
+    model = peft.get_peft_model(model, configs[method]())
+    max_length, batch_size, pad = 64, 16, tokenizer.pad_token_id
+
+    def encode(row, with_label=True):  # the guide's preprocess_function: left-pad to 64, then cut at 64
+        prompt = tokenizer(f"Tweet text : {row['Tweet text']} Label : ")["input_ids"]
+        label = tokenizer(LABELS[int(row["Label"])])["input_ids"] + [pad] if with_label else []
+        sequence, fill = prompt + label, max(max_length - len(prompt + label), 0)
+        ids = ([pad] * fill + sequence)[:max_length]
+        mask = ([0] * fill + [1] * len(sequence))[:max_length]
+        labels = ([-100] * (fill + len(prompt)) + label)[:max_length]
+        return ids, mask, labels
+
+    train = [encode(r) for r in read_rows("train.csv")]
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATES[method])
+    steps = -(-len(train) // batch_size)
+    scheduler = get_linear_schedule_with_warmup(optimizer, 0, steps * epochs)
+    epoch_seconds, real_tokens = [], 0
+    for _ in range(epochs):
+        model.train()
+        order = torch.randperm(len(train), generator=generator).tolist()
+        started = time.perf_counter()
+        for start in range(0, len(order), batch_size):
+            rows = [train[i] for i in order[start : start + batch_size]]
+            batch = {k: torch.tensor([r[j] for r in rows]) for j, k in enumerate(("input_ids", "attention_mask", "labels"))}
+            real_tokens += int(batch["attention_mask"].sum())
+            loss = model(**batch).loss
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+        epoch_seconds.append(time.perf_counter() - started)
+    dev = read_rows("dev.csv", dev_limit)
+    model.eval()
+    started = time.perf_counter()
+    predicted = []
+    for start in range(0, len(dev), batch_size):
+        rows = [encode(r, with_label=False) for r in dev[start : start + batch_size]]
+        ids = torch.tensor([r[0] for r in rows])
+        mask = torch.tensor([r[1] for r in rows])
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=10, eos_token_id=tokenizer.eos_token_id)
+        texts = tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
+        predicted += [match_label(t, LABELS[1:]) for t in texts]
+    classify_seconds = time.perf_counter() - started
+    gold = [int(r["Label"]) - 1 for r in dev]
+    return {
+        "seconds_per_epoch": sum(epoch_seconds) / epochs,
+        "real_tokens_per_second": real_tokens / sum(epoch_seconds),
+        "generation": {"seconds": classify_seconds, **metrics_of(gold, predicted)},
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+# ---- softprompt, with its defaults -------------------------------------------------------------
+def run_softprompt(method: str, epochs: int, dev_limit: int | None, seed: int, workdir: Path) -> dict:
+    from softprompt.data import Encoder, TaskSpec
+    from softprompt.evaluate import classify_by_generation, score_labels
+    from softprompt.model import PeftModel
+    from softprompt.models import load_base_model, load_tokenizer
+    from softprompt.train import TrainConfig, train
+
+    options = {"num_virtual_tokens": 20}
+    if method == "prompt_tuning":
+        options.update(prompt_tuning_init="TEXT", prompt_tuning_init_text=INIT_TEXT)
+    if method == "p_tuning":
+        options.update(encoder_hidden_size=128)
+    dev_file = workdir / "dev.csv"
+    import csv
+
+    dev = read_rows("dev.csv", dev_limit)
+    with open(dev_file, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(dev[0]))
+        writer.writeheader()
+        writer.writerows(dev)
+    config = TrainConfig.from_dict({
+        "model": "smollm2-135m", "method": method, "method_options": options,
+        "train_file": str(DATA / "train.csv"),
+        "task": {"label_names": LABELS, "max_length": 64},
+        "epochs": epochs, "lr": LEARNING_RATES[method], "batch_size": 16, "seed": seed,
+        "output_dir": str(workdir / method), "progress": False,
+    })
+    history_file = workdir / method / "metrics.jsonl"
+    train(config)
+    history = [json.loads(line) for line in history_file.read_text().splitlines()]
+    tokenizer = load_tokenizer("smollm2-135m")
+    spec = TaskSpec(label_names=LABELS, max_length=64)
+    encoder = Encoder(tokenizer, spec, LABELS)
+    train_examples = [encoder.encode(r) for r in read_rows("train.csv")]
+    real_tokens = sum(len(e.prompt_ids) + len(e.target_ids) for e in train_examples)
+    model = PeftModel.from_pretrained(load_base_model("smollm2-135m"), workdir / method / "adapter")
+    examples = [encoder.encode(r) for r in dev]
+    gold = [e.label for e in examples]
+    started = time.perf_counter()
+    scores = score_labels(model, encoder, examples, batch_size=16, progress=False)
+    scoring_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    generated, _ = classify_by_generation(model, encoder, examples, batch_size=16, progress=False)
+    generation_seconds = time.perf_counter() - started
+    epoch_seconds = [h["seconds"] for h in history]
+    return {
+        "seconds_per_epoch": sum(epoch_seconds) / len(epoch_seconds),
+        "real_tokens_per_second": real_tokens * len(epoch_seconds) / sum(epoch_seconds),
+        "scoring": {"seconds": scoring_seconds, **metrics_of(gold, scores.argmax(-1).tolist())},
+        "generation": {"seconds": generation_seconds, **metrics_of(gold, generated)},
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def table(results: dict) -> str:
+    lines = [
+        "| method | library | s/epoch | real tok/s | classify s (how) | acc | macro-F1 | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for method, libraries in results["runs"].items():
+        for library, r in libraries.items():
+            for how in ("scoring", "generation"):
+                if how in r:
+                    c = r[how]
+                    lines.append(
+                        f"| {method} | {library} | {r['seconds_per_epoch']:.1f} | {r['real_tokens_per_second']:.0f} | "
+                        f"{c['seconds']:.1f} ({how}) | {c['accuracy']:.3f} | {c['macro_f1']:.3f} | {r['peak_rss_mb']:,.0f} |"
+                    )
+        if {"peft", "softprompt"} <= set(libraries):
+            p, s = libraries["peft"], libraries["softprompt"]
+            lines.append(
+                f"| {method} | **ratio** softprompt/PEFT | {p['seconds_per_epoch'] / s['seconds_per_epoch']:.2f}x faster | "
+                f"{s['real_tokens_per_second'] / p['real_tokens_per_second']:.2f}x | "
+                f"{p['generation']['seconds'] / s['scoring']['seconds']:.2f}x faster (scoring vs PEFT generate) | | | "
+                f"{s['peak_rss_mb'] / p['peak_rss_mb']:.2f}x |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="1 epoch, 64 dev tweets")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--dev-limit", type=int, default=None)
+    parser.add_argument("--methods", nargs="+", default=["prompt_tuning", "p_tuning", "prefix_tuning"])
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--out", default=None, help="result JSON (default benchmarks/results/<mode>.json)")
+    parser.add_argument("--table", metavar="JSON", help="print the markdown table of a result file and exit")
+    parser.add_argument("--worker", nargs=2, metavar=("LIBRARY", "METHOD"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker-out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.table:
+        print(table(json.loads(Path(args.table).read_text())))
+        return 0
+    if args.quick:
+        args.epochs, args.dev_limit = 1, 64
+    if not (DATA / "train.csv").exists():
+        print(f"skipped: {DATA} is absent (the benchmark reads ../shared/data/twitter_complaints)")
+        return 0
+    torch.set_num_threads(max(torch.get_num_threads(), 1))
+    if args.worker:
+        library, method = args.worker
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as workdir:
+            if library == "peft":
+                result = run_peft(method, args.epochs, args.dev_limit, args.seed)
+            else:
+                result = run_softprompt(method, args.epochs, args.dev_limit, args.seed, Path(workdir))
+        Path(args.worker_out).write_text(json.dumps(result))
+        return 0
+    import peft
+    import transformers
+
+    results = {
+        "command": " ".join(["python"] + sys.argv),
+        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(), "python": platform.python_version()},
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
+        "epochs": args.epochs, "dev_tweets": args.dev_limit or 400, "runs": {},
+    }
+    out = Path(args.out or Path(__file__).parent / "results" / ("quick.json" if args.quick else f"epochs{args.epochs}.json"))
+    for index, method in enumerate(args.methods):
+        order = ["peft", "softprompt"] if index % 2 == 0 else ["softprompt", "peft"]  # alternate who goes first
+        for library in order:
+            worker_out = out.with_suffix(f".{library}.{method}.tmp")
+            command = [sys.executable, __file__, "--worker", library, method, "--worker-out", str(worker_out),
+                       "--epochs", str(args.epochs), "--seed", str(args.seed)]
+            if args.dev_limit:
+                command += ["--dev-limit", str(args.dev_limit)]
+            print(f"running {library} {method} ...", flush=True)
+            subprocess.run(command, check=True)
+            results["runs"].setdefault(method, {})[library] = json.loads(worker_out.read_text())
+            worker_out.unlink()
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(results, indent=1))
+    print(table(results))
+    print(f"\nwritten: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
