@@ -30,7 +30,7 @@ def test_text_init_needs_text():
 def test_unknown_init_and_encoder_names():
     with pytest.raises(ConfigError, match="prompt_tuning_init='WORDS' is unknown"):
         PromptTuningConfig(num_virtual_tokens=8, prompt_tuning_init="WORDS")
-    with pytest.raises(ConfigError, match="'MLP' or 'LSTM'"):
+    with pytest.raises(ConfigError, match="Use one of MLP, LSTM"):
         PromptEncoderConfig(num_virtual_tokens=8, encoder_reparameterization_type="GRU")
 
 

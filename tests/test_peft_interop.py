@@ -20,7 +20,7 @@ PEFT_CONFIGS = {
         task_type="CAUSAL_LM", num_virtual_tokens=4, prefix_projection=True, encoder_hidden_size=16
     ),
 }
-CASES = [(method, arch) for method in METHODS for arch in ["gpt2", "llama_gqa", "bloom", "opt"]]
+CASES = [(method, arch) for method in METHODS for arch in ARCHITECTURES]
 
 
 def unpadded_ids(seed=0):

@@ -135,6 +135,15 @@ class PromptLearningConfig:
 PeftConfig = PromptLearningConfig
 
 
+def enum_choice(config: Any, name: str, choices: type[enum.Enum]) -> None:
+    """Normalise a string-enum field (any case, or the enum itself) to its value; unknown values are errors."""
+    value = getattr(config, name)
+    value = value.value if isinstance(value, enum.Enum) else str(value).upper()
+    if value not in choices.__members__:
+        raise ConfigError(f"{name}={getattr(config, name)!r} is unknown. Use one of {', '.join(choices.__members__)}.")
+    setattr(config, name, value)
+
+
 def get_peft_config(config_dict: dict[str, Any]) -> PromptLearningConfig:
     """PEFT's helper: a config from a dict with a `peft_type`."""
     return PromptLearningConfig.from_dict(config_dict)

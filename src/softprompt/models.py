@@ -81,19 +81,23 @@ def _convert_gguf(folder: Path, gguf_name: str, target: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def _from_pretrained(auto_class, what: str, name_or_path: str, **kwargs):
+    """`auto_class.from_pretrained` on the resolved location, with an error that says what to pass instead."""
+    try:
+        return auto_class.from_pretrained(resolve(name_or_path), **kwargs)
+    except (OSError, ValueError) as error:
+        raise ModelNotFoundError(
+            f"Could not load {what} {name_or_path!r}: {error}\n"
+            "Pass a local model folder, a Hugging Face hub id (needs internet, or a filled HF cache), "
+            f"or the offline default '{DEFAULT_MODEL}'."
+        ) from error
+
+
 def load_base_model(name_or_path: str = DEFAULT_MODEL, *, trust_remote_code: bool = False, **kwargs):
     """Load a causal LM by local folder, hub id or `smollm2-135m`; errors say what to do."""
     from transformers import AutoModelForCausalLM
 
-    location = resolve(name_or_path)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(location, trust_remote_code=trust_remote_code, **kwargs)
-    except (OSError, ValueError) as error:
-        raise ModelNotFoundError(
-            f"Could not load base model {name_or_path!r}: {error}\n"
-            "Pass a local model folder, a Hugging Face hub id (needs internet, or a filled HF cache), "
-            f"or the offline default '{DEFAULT_MODEL}'."
-        ) from error
+    model = _from_pretrained(AutoModelForCausalLM, "base model", name_or_path, trust_remote_code=trust_remote_code, **kwargs)
     if is_default_model(name_or_path):
         # saved adapters name the portable alias, not this machine's cache path
         model.config.name_or_path = model.name_or_path = DEFAULT_MODEL
@@ -103,14 +107,7 @@ def load_base_model(name_or_path: str = DEFAULT_MODEL, *, trust_remote_code: boo
 def load_tokenizer(name_or_path: str = DEFAULT_MODEL, *, trust_remote_code: bool = False, **kwargs):
     from transformers import AutoTokenizer
 
-    location = resolve(name_or_path)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code, **kwargs)
-    except (OSError, ValueError) as error:
-        raise ModelNotFoundError(
-            f"Could not load a tokenizer for {name_or_path!r}: {error}\n"
-            f"Pass a local model folder, a hub id, or the offline default '{DEFAULT_MODEL}'."
-        ) from error
+    tokenizer = _from_pretrained(AutoTokenizer, "a tokenizer for", name_or_path, trust_remote_code=trust_remote_code, **kwargs)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

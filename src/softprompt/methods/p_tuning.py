@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..config import ConfigError, PeftType, PromptLearningConfig, positive_int_or_none
+from ..config import ConfigError, PeftType, PromptLearningConfig, enum_choice, positive_int_or_none
 from ..inject import EmbeddingPrefix, ModelShape
 
 
@@ -34,13 +34,7 @@ class PromptEncoderConfig(PromptLearningConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        kind = self.encoder_reparameterization_type
-        kind = kind.value if isinstance(kind, enum.Enum) else str(kind).upper()
-        if kind not in PromptEncoderReparameterizationType.__members__:
-            raise ConfigError(
-                f"encoder_reparameterization_type={self.encoder_reparameterization_type!r} is unknown. Use 'MLP' or 'LSTM'."
-            )
-        self.encoder_reparameterization_type = kind
+        enum_choice(self, "encoder_reparameterization_type", PromptEncoderReparameterizationType)
         positive_int_or_none(self, "encoder_hidden_size")
         positive_int_or_none(self, "encoder_num_layers")
         if not 0.0 <= float(self.encoder_dropout) < 1.0:

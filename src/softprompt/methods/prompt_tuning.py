@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..config import ConfigError, PeftType, PromptLearningConfig
+from ..config import ConfigError, PeftType, PromptLearningConfig, enum_choice
 from ..inject import EmbeddingPrefix, ModelShape
 
 
@@ -34,15 +34,8 @@ class PromptTuningConfig(PromptLearningConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        init = self.prompt_tuning_init
-        init = init.value if isinstance(init, enum.Enum) else str(init).upper()
-        if init not in PromptTuningInit.__members__:
-            raise ConfigError(
-                f"prompt_tuning_init={self.prompt_tuning_init!r} is unknown. Use one of "
-                f"{', '.join(PromptTuningInit.__members__)}."
-            )
-        self.prompt_tuning_init = init
-        if init == "TEXT" and not (self.prompt_tuning_init_text or "").strip():
+        enum_choice(self, "prompt_tuning_init", PromptTuningInit)
+        if self.prompt_tuning_init == "TEXT" and not (self.prompt_tuning_init_text or "").strip():
             raise ConfigError(
                 "prompt_tuning_init='TEXT' needs prompt_tuning_init_text, e.g. "
                 "prompt_tuning_init_text='Classify if the tweet is a complaint or not:'."
