@@ -154,3 +154,25 @@ def test_collation_pads_left_to_the_longest_in_batch(tokenizer):
     pad = width - len(a.prompt_ids) - len(a.target_ids)
     assert batch["attention_mask"][0].tolist() == [0] * pad + [1] * (width - pad)
     assert batch["labels"][0, :pad].eq(-100).all()
+
+
+def test_a_dataset_folder_loads_by_split_like_a_hub_id(tmp_path):
+    """The hub branch (load_dataset(id, config, split)) on a local dataset folder: same code path users take online."""
+    folder = tmp_path / "my_dataset"
+    folder.mkdir()
+    write_csv(folder / "train.csv", toy_rows(4, seed=0))
+    write_csv(folder / "test.csv", toy_rows(3, seed=1))
+    table = load_table(str(folder), None, "test")
+    assert len(table.rows) == 3 and "test" in table.origin
+
+
+def test_class_label_names_come_from_the_dataset_features(tmp_path):
+    import datasets
+
+    features = datasets.Features({"Tweet text": datasets.Value("string"), "Label": datasets.ClassLabel(names=NAMES)})
+    rows = toy_rows(4, seed=0)
+    dataset = datasets.Dataset.from_dict({k: [r[k] for r in rows] for k in ("Tweet text", "Label")}, features=features)
+    dataset.to_parquet(tmp_path / "train.parquet")
+    table = load_table(str(tmp_path / "train.parquet"))
+    assert table.class_names == NAMES
+    assert resolve_label_names(TaskSpec(), table) == NAMES

@@ -76,6 +76,10 @@ def test_cli_predict_eval_and_info(trained_run, tmp_path):
     metrics = json.loads(done.stdout)
     assert metrics["count"] == 12 and 0 <= metrics["accuracy"] <= 1 and len(metrics["confusion"]) == 2
 
+    done = run_cli(["predict", adapter, "--generate", "--max-new-tokens", "3", "hello there"])
+    assert done.returncode == 0, done.stderr
+    assert "generated" in json.loads(done.stdout)
+
     done = run_cli(["info", adapter])
     info = json.loads(done.stdout)
     assert info["method"] == "PROMPT_TUNING" and info["prompt_embeddings"] == [4, 32]
@@ -153,6 +157,12 @@ def test_every_shipped_config_is_valid(path):
     data.setdefault("train_file", "placeholder.csv")  # the demo config gets its files from the package
     config = TrainConfig.from_dict(data, origin=str(path))
     assert config.method_config().num_virtual_tokens >= 1
+
+
+def test_learning_rate_defaults_per_method():
+    assert TrainConfig.from_dict({"train_file": "x.csv"}).lr == 3e-2
+    assert TrainConfig.from_dict({"train_file": "x.csv", "method": "prefix_tuning"}).lr == 1e-2
+    assert TrainConfig.from_dict({"train_file": "x.csv", "method": "prefix_tuning", "lr": 0.5}).lr == 0.5
 
 
 def test_config_errors_name_the_field():

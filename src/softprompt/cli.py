@@ -234,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    if args.command == "predict":  # texts may come after options: argparse leaves those in `extra`
+        args.texts += [text for text in extra if not text.startswith("-")]
+        extra = [text for text in extra if text.startswith("-")]
     if extra and args.command not in ("train", "demo"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:

@@ -50,6 +50,7 @@ class PromptLearningConfig:
     """
 
     peft_type: ClassVar[PeftType]
+    default_learning_rate: ClassVar[float] = 3e-2  # what training uses unless told otherwise
 
     task_type: str | None = TaskType.CAUSAL_LM
     """The task; softprompt wraps causal language models, so only CAUSAL_LM is accepted."""

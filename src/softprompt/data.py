@@ -61,7 +61,7 @@ def load_table(source: str, dataset_config: str | None = None, split: str = "tra
 
     path = Path(source).expanduser()
     try:
-        if path.suffix.lower() in LOCAL_FORMATS or path.exists():
+        if path.suffix.lower() in LOCAL_FORMATS or path.is_file():
             if not path.is_file():
                 raise DataError(f"Data file {path} does not exist. Check the path (relative paths start from the current folder).")
             kind = LOCAL_FORMATS.get(path.suffix.lower())

@@ -67,7 +67,8 @@ class TrainConfig:
     """Hold out this share of the training rows (stratified) to pick the best epoch, instead of the eval data."""
 
     epochs: int = 10
-    lr: float = 3e-2
+    lr: float | None = None
+    """Peak learning rate; None: the method's default (3e-2 for prompt and p-tuning, 1e-2 for prefix tuning)."""
     batch_size: int = 8
     gradient_accumulation_steps: int = 1
     warmup_ratio: float = 0.0
@@ -92,6 +93,8 @@ class TrainConfig:
             problems.append("give train_file (a local file) or dataset (a hub id)")
         if self.epochs < 1 or self.batch_size < 1 or self.gradient_accumulation_steps < 1:
             problems.append("epochs, batch_size and gradient_accumulation_steps must be >= 1")
+        if self.lr is None:
+            self.lr = config_class_for(self.method).default_learning_rate
         if not self.lr > 0:
             problems.append(f"lr must be > 0, got {self.lr}")
         if self.eval_method not in ("scoring", "generation"):

@@ -16,6 +16,7 @@ class PrefixTuningConfig(PromptLearningConfig):
     """Prefix tuning: `num_virtual_tokens` key/value pairs prepended in every layer's attention."""
 
     peft_type = PeftType.PREFIX_TUNING
+    default_learning_rate = 1e-2  # prefixes act in every layer: a smaller step than prompt tuning's
 
     encoder_hidden_size: int | None = None
     """Hidden width of the projection MLP (with prefix_projection); defaults to the KV width."""
