@@ -1,5 +1,7 @@
 """The correctness points where PEFT 0.21 is wrong, for every method on every architecture."""
 
+import inspect
+
 import pytest
 import torch
 from softprompt import get_peft_model
@@ -128,14 +130,35 @@ def test_logits_to_keep_gives_the_same_loss_and_gradients(method, arch):
         model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, logits_to_keep=2)
 
 
-@pytest.mark.parametrize("method,arch", CASES)
-def test_inference_fast_path_equals_the_training_path(method, arch):
-    """Without gradients, embedding prompts run once per batch as a KV cache; the logits must not change."""
+def concatenated_reference(model, input_ids, attention_mask):
+    """The textbook embedding injection: [virtual][pad][text] embeddings in one sequence, positions from the mask."""
+    base = model.base_model
+    table = model.prompt_table()
+    batch, num_virtual = input_ids.shape[0], table.shape[0]
+    embeds = torch.cat([table.unsqueeze(0).expand(batch, -1, -1), base.get_input_embeddings()(input_ids)], dim=1)
+    mask = torch.cat([torch.ones(batch, num_virtual, dtype=torch.long), attention_mask], dim=1)
+    kwargs = {}
+    if "position_ids" in inspect.signature(base.forward).parameters:
+        kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
+    return base(inputs_embeds=embeds, attention_mask=mask, **kwargs).logits[:, num_virtual - 1 :]  # [B, 1+L, V]
+
+
+@pytest.mark.parametrize("method,arch", [(m, a) for m in ("prompt_tuning", "p_tuning_mlp", "p_tuning_lstm") for a in ARCHITECTURES])
+def test_shared_prompt_pass_equals_prepending_embeddings_to_every_row(method, arch):
+    """The virtual tokens run once per batch; logits, loss and gradients equal the concatenated reference."""
     model = wrapped(method, arch).eval()
     input_ids, attention_mask, _ = left_padded_batch()
-    with torch.enable_grad():
-        plain = model(input_ids=input_ids, attention_mask=attention_mask).logits
-    with torch.no_grad():
-        fast = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    labels = input_ids.masked_fill(attention_mask == 0, -100)
+    output = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+    output.loss.backward()
+    ours = [p.grad.clone() for p in model.prompt_source.parameters()]
+    model.zero_grad()
+    reference = concatenated_reference(model, input_ids, attention_mask)  # [B, 1+L, V]
     real = attention_mask.bool()
-    torch.testing.assert_close(fast[real], plain.detach()[real], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(output.logits[real], reference[:, 1:][real], atol=1e-5, rtol=1e-5)
+    targets = torch.cat([labels, torch.full_like(labels[:, :1], -100)], dim=1)  # row t predicts token t
+    loss = torch.nn.functional.cross_entropy(reference.reshape(-1, reference.shape[-1]), targets.reshape(-1))
+    torch.testing.assert_close(output.loss, loss, atol=1e-6, rtol=1e-5)
+    loss.backward()
+    for a, b in zip(ours, [p.grad for p in model.prompt_source.parameters()]):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)

@@ -139,56 +139,60 @@ class Injection:
         raise NotImplementedError
 
 
+class RecordingLayer(DynamicLayer):
+    """A cache layer that keeps the states of its last update and returns them unchanged.
+
+    Running the prompt alone through it records the prompt's keys/values; a recomputation under
+    gradient checkpointing overwrites them with the same values instead of appending.
+    """
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        self.keys, self.values = key_states, value_states  # [1, kv_heads, P, head_dim]
+        self.is_initialized = True
+        self.device = key_states.device
+        return key_states, value_states
+
+
 class EmbeddingPrefix(Injection):
-    """Virtual token embeddings [P, hidden] placed before the input embeddings."""
+    """Virtual token embeddings [P, hidden] that come before the input.
+
+    The virtual tokens attend only to each other, so their hidden states do not depend on the input:
+    they run once per batch (batch 1), and every row attends to their keys/values. This equals
+    prepending the embeddings to every row (tested against that reference) and saves (B-1)*P
+    positions of compute, forward and backward; gradients flow back through the shared keys/values.
+    """
 
     def table_width(self) -> int:
         return self.shape.hidden_size
 
     def forward(self, model, table, input_ids, inputs_embeds, attention_mask, position_ids, **kwargs):
-        if not torch.is_grad_enabled():
-            return self.forward_from_prompt_cache(model, table, input_ids, inputs_embeds, attention_mask, position_ids, **kwargs)
-        if inputs_embeds is None:
-            inputs_embeds = model.get_input_embeddings()(input_ids)  # [B, L, H]
-        batch, length = inputs_embeds.shape[:2]
-        num_virtual = table.shape[0]
-        prompt = table.to(inputs_embeds.dtype).unsqueeze(0).expand(batch, -1, -1)  # [B, P, H], no copy
-        embeds = torch.cat([prompt, inputs_embeds], dim=1)  # [B, P+L, H]
-        if attention_mask is None:
-            attention_mask = torch.ones(batch, length, dtype=torch.long, device=embeds.device)
-        full_mask = torch.cat([attention_mask.new_ones(batch, num_virtual), attention_mask], dim=1)
-        if accepts_position_ids(model):
-            if position_ids is None:
-                kwargs["position_ids"] = positions_from_mask(full_mask)
-            else:
-                virtual = torch.arange(num_virtual, device=embeds.device).expand(batch, -1)
-                kwargs["position_ids"] = torch.cat([virtual, position_ids + num_virtual], dim=1)
-        return model(inputs_embeds=embeds, attention_mask=full_mask, use_cache=False, **kwargs).logits
-
-    def forward_from_prompt_cache(self, model, table, input_ids, inputs_embeds, attention_mask, position_ids, **kwargs):
-        """Inference: the virtual tokens do not depend on the input, so run them once for the whole
-        batch and let every row attend to their keys/values, instead of recomputing them per row."""
-        batch = (input_ids if input_ids is not None else inputs_embeds).shape[0]
-        layers = [(layer.keys.expand(batch, -1, -1, -1), layer.values.expand(batch, -1, -1, -1))
-                  for layer in self.prompt_cache(model, table).layers]  # each [B, kv_heads, P, head_dim], no copy
+        batch, length = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
+        prompt_layers, last_virtual_logits = self.run_prompt(model, table)
+        layers = [(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in prompt_layers]  # no copy
         output = run_with_prefix_cache(
             model, frozen_prefix_cache(layers), table.shape[0], input_ids, inputs_embeds, attention_mask, position_ids, **kwargs
         )
-        return output.logits
+        logits = output.logits  # [B, T, V], the last T input positions
+        if logits.shape[1] == length:  # all positions asked for: the last virtual one predicts the first input token
+            logits = torch.cat([last_virtual_logits.expand(batch, -1, -1), logits], dim=1)  # [B, 1+L, V]
+        return logits
 
-    @torch.no_grad()
-    def prompt_cache(self, model, table) -> DynamicCache:
-        """The virtual tokens run alone (batch 1, positions 0..P-1): their KV cache."""
+    def run_prompt(self, model, table) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+        """The virtual tokens alone (batch 1, positions 0..P-1) -> per-layer (keys, values), last position's logits."""
         num_virtual = table.shape[0]
         embeds = table.to(model.get_input_embeddings().weight.dtype).unsqueeze(0)  # [1, P, H]
         mask = torch.ones(1, num_virtual, dtype=torch.long, device=embeds.device)
+        cache = DynamicCache()
+        cache.layers = [RecordingLayer() for _ in range(self.shape.num_layers)]
         kwargs = {"position_ids": positions_from_mask(mask)} if accepts_position_ids(model) else {}
-        return output_cache(model(inputs_embeds=embeds, attention_mask=mask, use_cache=True, **kwargs))
+        kwargs[cache_argument(model)] = cache
+        output = model(inputs_embeds=embeds, attention_mask=mask, use_cache=True, logits_to_keep=1, **kwargs)
+        return [(layer.keys, layer.values) for layer in cache.layers], output.logits  # logits [1, 1, V]
 
+    @torch.no_grad()
     def generation_cache(self, model, table, batch_size) -> DynamicCache:
-        cache = self.prompt_cache(model, table)
-        cache.batch_repeat_interleave(batch_size)
-        return cache
+        layers, _ = self.run_prompt(model, table)
+        return filled_cache(model, [(k.expand(batch_size, -1, -1, -1), v.expand(batch_size, -1, -1, -1)) for k, v in layers])
 
 
 class KVPrefix(Injection):

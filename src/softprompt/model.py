@@ -38,6 +38,11 @@ class PeftModel(nn.Module):
         self.base_model = model
         for parameter in model.parameters():
             parameter.requires_grad_(False)
+        for module in model.modules():
+            # Our prompt caches are safe to recompute (they never append), so let checkpointed layers keep
+            # them; otherwise transformers drops a cache under gradient checkpointing, and the prompt with it.
+            if hasattr(type(module), "_can_checkpoint_with_cache"):
+                module._can_checkpoint_with_cache = True
         self.adapter_name = adapter_name
         self.shape = probe_shape(model)
         if peft_config.base_model_name_or_path is None:
@@ -170,11 +175,6 @@ class PeftModel(nn.Module):
             enable(activation_checkpointing_kwargs=kwargs)
         else:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-        for module in base.modules():
-            # Our prefix cache is stateless, so recomputing a layer with it is safe; without this,
-            # transformers drops a cache passed as `layer_past` (BLOOM...) under checkpointing.
-            if hasattr(type(module), "_can_checkpoint_with_cache"):
-                module._can_checkpoint_with_cache = True
 
     # ---- saving and loading ----------------------------------------------------------------
     def save_pretrained(
