@@ -162,3 +162,19 @@ def test_shared_prompt_pass_equals_prepending_embeddings_to_every_row(method, ar
     loss.backward()
     for a, b in zip(ours, [p.grad for p in model.prompt_source.parameters()]):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("method,arch", CASES)
+def test_cached_continuation_scores_equal_full_forward_scores(method, arch):
+    """Scoring labels from the inputs' cache equals running input + label through forward() row by row."""
+    model = wrapped(method, arch).eval()
+    input_ids, attention_mask, rows = left_padded_batch()
+    continuations = [[5], [7, 9, 11], [13, 4]]
+    scores = model.score_continuations(input_ids, attention_mask, continuations)
+    for i, row in enumerate(rows):
+        for k, tokens in enumerate(continuations):
+            ids = torch.cat([row, torch.tensor(tokens)])[None]
+            with torch.no_grad():
+                log_probs = model(input_ids=ids).logits[0].log_softmax(-1)
+            reference = sum(log_probs[len(row) - 1 + j, t] for j, t in enumerate(tokens))
+            torch.testing.assert_close(scores[i, k], reference, atol=1e-4, rtol=1e-5)

@@ -12,26 +12,18 @@ from .data import Encoder, Example, pad_left, sorted_batches
 def score_labels(model, encoder: Encoder, examples: list[Example], batch_size: int = 16, progress: bool = True) -> torch.Tensor:
     """Log-likelihood of each class's verbalized label (and EOS) after each prompt: [N, K].
 
-    All K labels of a batch go through one forward pass as B*K left-padded rows.
+    Each prompt runs once; the K labels continue from its cache (see PeftModel.score_continuations).
     """
     targets = [encoder.target_ids(k) for k in range(len(encoder.class_names))]
-    keep = max(len(t) for t in targets) + 1  # the LM head runs only where a label token is predicted
     scores = torch.empty(len(examples), len(targets))
     pad_id = encoder.tokenizer.pad_token_id
     model.eval()
     batches = sorted_batches([len(e.prompt_ids) for e in examples], batch_size)
     for batch in tqdm(batches, desc="scoring labels", disable=not progress, leave=False):
-        rows = [examples[i].prompt_ids + target for i in batch for target in targets]  # B*K rows, labels at the end
-        input_ids = pad_left(rows, pad_id).to(model.device)
-        attention_mask = pad_left([[1] * len(r) for r in rows], 0).to(model.device)
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep).logits  # [B*K, keep, V]
-        log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # row j predicts the token at j+1
-        label_ids = pad_left(targets, 0).to(log_probs.device)  # [K, n_max], left-aligned padding
-        token_mask = pad_left([[1] * len(t) for t in targets], 0).to(log_probs.device)
-        n_max = label_ids.shape[1]
-        picked = log_probs[:, -n_max:].gather(-1, label_ids.repeat(len(batch), 1).unsqueeze(-1)).squeeze(-1)  # [B*K, n_max]
-        totals = (picked * token_mask.repeat(len(batch), 1)).sum(-1).view(len(batch), len(targets))
-        scores[batch] = totals.cpu()
+        prompts = [examples[i].prompt_ids for i in batch]
+        input_ids = pad_left(prompts, pad_id).to(model.device)
+        attention_mask = pad_left([[1] * len(p) for p in prompts], 0).to(model.device)
+        scores[batch] = model.score_continuations(input_ids, attention_mask, targets).cpu()
     return scores
 
 

@@ -15,7 +15,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from . import adapters
 from .config import PromptLearningConfig
-from .inject import accepts_position_ids, cache_argument, positions_from_mask, probe_shape
+from .inject import accepts_position_ids, cache_argument, frozen_prefix_cache, positions_from_mask, probe_shape
 from .methods import PromptTable, source_class_for
 
 
@@ -124,6 +124,39 @@ class PeftModel(nn.Module):
             )
         loss = None if labels is None else causal_lm_loss(logits, labels, num_virtual)
         return CausalLMOutputWithPast(loss=loss, logits=logits[:, num_virtual:])
+
+    @torch.no_grad()
+    def score_continuations(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, continuations: list[list[int]]) -> torch.Tensor:
+        """Summed log-probability of each continuation after each left-padded input: [B, K].
+
+        The prompt and the inputs run once; each continuation then runs as a few tokens attending to
+        their cache, instead of K full copies of every input.
+        """
+        base, table = self.base_model, self.prompt_table()
+        batch, num_virtual = input_ids.shape[0], table.shape[0]
+        cache = self.injection.generation_cache(base, table, batch)  # P prompt positions
+        full_mask = torch.cat([attention_mask.new_ones(batch, num_virtual), attention_mask], dim=1)  # [B, P+L]
+        kwargs = {cache_argument(base): cache}
+        if accepts_position_ids(base):
+            kwargs["position_ids"] = positions_from_mask(full_mask)[:, num_virtual:]
+        first = base(input_ids=input_ids, attention_mask=full_mask, use_cache=True, logits_to_keep=1, **kwargs).logits
+        first = first[:, -1].float().log_softmax(-1)  # [B, V]: predicts each continuation's first token
+        layers = [(layer.keys, layer.values) for layer in cache.layers]  # now P+L positions
+        next_position = full_mask.sum(-1, keepdim=True) if accepts_position_ids(base) else None  # [B, 1]
+        scores = torch.empty(batch, len(continuations), device=first.device)
+        for k, tokens in enumerate(continuations):
+            ids = torch.tensor(tokens, device=input_ids.device).expand(batch, -1)  # [B, n]
+            score = first[:, tokens[0]]
+            if len(tokens) > 1:
+                kwargs = {cache_argument(base): frozen_prefix_cache(layers)}
+                if next_position is not None:
+                    kwargs["position_ids"] = next_position + torch.arange(len(tokens) - 1, device=ids.device)
+                mask = torch.cat([full_mask, full_mask.new_ones(batch, len(tokens) - 1)], dim=1)
+                logits = base(input_ids=ids[:, :-1], attention_mask=mask, use_cache=False, **kwargs).logits  # [B, n-1, V]
+                rest = logits.float().log_softmax(-1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)  # [B, n-1]
+                score = score + rest.sum(-1)
+            scores[:, k] = score
+        return scores
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None, **kwargs):
