@@ -66,3 +66,18 @@ def test_metrics_match_hand_counts():
     fa, fb = 2 * pa * ra / (pa + ra), 2 * pb * rb / (pb + rb)
     assert m["per_class"]["a"]["precision"] == pytest.approx(pa) and m["per_class"]["a"]["recall"] == pytest.approx(ra)
     assert m["macro_f1"] == pytest.approx((fa + fb) / 2)
+
+
+def test_eval_loss_from_label_scores_equals_the_teacher_forced_loss(setup):
+    from softprompt.data import collate_training
+    from softprompt.train import TrainConfig, evaluate_examples
+
+    folder, encoder, examples = setup
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(folder), PromptTuningConfig(num_virtual_tokens=3)).eval()
+    config = TrainConfig(train_file="x.csv", eval_batch_size=3, progress=False)
+    metrics = evaluate_examples(model, encoder, examples, config)
+    batch = collate_training(examples, encoder.tokenizer.pad_token_id)
+    with torch.no_grad():
+        reference = model(**batch).loss.item()  # mean over all label tokens of the batch
+    assert metrics["loss"] == pytest.approx(reference, abs=1e-4)

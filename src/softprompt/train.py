@@ -339,24 +339,20 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
 
 
 def evaluate_examples(model, encoder, examples, config) -> dict:
-    """Teacher-forced loss/perplexity and classification metrics on labelled examples."""
-    model.eval()
-    total, tokens = 0.0, 0
-    keep = max(len(e.target_ids) for e in examples) + 1
-    with torch.no_grad():
-        for start in range(0, len(examples), config.eval_batch_size):
-            batch = collate_training(examples[start : start + config.eval_batch_size], encoder.tokenizer.pad_token_id)
-            batch = {k: v.to(model.device) for k, v in batch.items()}
-            n = int((batch["labels"][:, 1:] != -100).sum())
-            total += model(**batch, logits_to_keep=keep).loss.item() * n
-            tokens += n
+    """Loss/perplexity on the label tokens and classification metrics, from one scoring pass.
+
+    The gold label's summed log-likelihood is exactly the teacher-forced loss over the label tokens
+    (the prompt is masked), so no second pass over the data is needed.
+    """
+    scores = score_labels(model, encoder, examples, config.eval_batch_size, config.progress)  # [N, K]
     gold = [e.label for e in examples]
+    label_tokens = sum(len(encoder.target_ids(g)) for g in gold)
+    loss = -scores[torch.arange(len(gold)), torch.tensor(gold)].sum().item() / label_tokens
     if config.eval_method == "generation":
         predicted, _ = classify_by_generation(model, encoder, examples, config.eval_batch_size, config.progress)
     else:
-        predicted = score_labels(model, encoder, examples, config.eval_batch_size, config.progress).argmax(-1).tolist()
+        predicted = scores.argmax(-1).tolist()
     metrics = classification_metrics(gold, predicted, encoder.class_names)
-    loss = total / max(tokens, 1)
     return {"loss": loss, "ppl": safe_exp(loss), "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
 
 
