@@ -13,7 +13,8 @@ import yaml
 from safetensors.torch import load_file
 from softprompt import cli, model as model_module, train as train_module
 from softprompt.train import TrainConfig, TrainingDiverged, train
-from tiny_run import run_config
+from softprompt.data import Example
+from tiny_run import run_config, toy_rows, write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["prompt_tuning", "p_tuning", "prefix_tuning"]
@@ -95,8 +96,10 @@ def test_cli_errors_are_clear(tmp_path):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_resume_after_kill_9_ends_with_the_same_adapter(tmp_path, method):
-    straight = write_yaml(tmp_path, run_config(tmp_path, method, output_dir=str(tmp_path / "straight")), "a.yaml")
-    killed = write_yaml(tmp_path, run_config(tmp_path, method, output_dir=str(tmp_path / "killed")), "b.yaml")
+    # Unbalanced training rows with balance_classes: the per-epoch resampling must resume exactly too.
+    options = {"balance_classes": True, "train_file": str(write_csv(tmp_path / "skewed.csv", toy_rows(16, seed=1)[:-5]))}
+    straight = write_yaml(tmp_path, run_config(tmp_path, method, output_dir=str(tmp_path / "straight"), **options), "a.yaml")
+    killed = write_yaml(tmp_path, run_config(tmp_path, method, output_dir=str(tmp_path / "killed"), **options), "b.yaml")
     assert run_cli(["train", "--config", str(straight)]).returncode == 0
     done = run_cli(["train", "--config", str(killed)], env={"SOFTPROMPT_KILL_AFTER_EPOCH": "2"})
     assert done.returncode == -signal.SIGKILL
@@ -159,6 +162,16 @@ def test_every_shipped_config_is_valid(path):
     assert config.method_config().num_virtual_tokens >= 1
 
 
+def test_balance_classes_repeats_the_smaller_classes_each_epoch():
+    examples = [Example([i], [7], label=0 if i < 8 else 1, truncated=False, text=str(i)) for i in range(10)]  # 8 vs 2
+    config = TrainConfig.from_dict({"train_file": "x.csv", "balance_classes": True})
+    first = train_module.epoch_examples(examples, config, 0)
+    assert sorted(e.label for e in first) == [0] * 8 + [1] * 8
+    assert all(e in first for e in examples)  # every original row stays
+    assert first == train_module.epoch_examples(examples, config, 0)  # a function of (seed, epoch): resumable
+    assert train_module.epoch_examples(examples, TrainConfig.from_dict({"train_file": "x.csv"}), 0) is examples
+
+
 def test_learning_rate_defaults_per_method():
     assert TrainConfig.from_dict({"train_file": "x.csv"}).lr == 3e-2
     assert TrainConfig.from_dict({"train_file": "x.csv", "method": "prefix_tuning"}).lr == 1e-2
@@ -172,3 +185,32 @@ def test_config_errors_name_the_field():
         TrainConfig.from_dict({"train_file": "x.csv", "method_options": {"num_virtual_tokens": 4, "prefix_projection": True}})
     with pytest.raises(ValueError, match="give train_file"):
         TrainConfig.from_dict({})
+
+
+@pytest.mark.parametrize("method", ["prompt_tuning", "prefix_tuning"])
+def test_classification_objective_equals_each_row_scored_alone(method):
+    from softprompt import get_peft_model
+    from softprompt.data import collate_training
+    from tiny_models import METHOD_CONFIGS, tiny_model
+
+    model = get_peft_model(tiny_model("llama_gqa"), METHOD_CONFIGS[method]())
+    class_tokens = torch.tensor([5, 9, 11])
+    rows = [  # prompts of different lengths, label texts of 1-3 tokens then EOS (1)
+        Example([20, 21, 22, 23, 24, 25], [5, 30, 1], 0, False, ""),
+        Example([40, 41], [9, 1], 1, False, ""),
+        Example([50, 51, 52, 53], [11, 31, 32, 1], 2, False, ""),
+    ]
+    batch = collate_training(rows, pad_id=0)
+    logits = model(**batch, logits_to_keep=5).logits  # [B, 5, V]
+    loss = train_module.classification_loss(logits, batch["labels"], class_tokens)
+    alone = torch.stack([model(input_ids=torch.tensor([r.prompt_ids])).logits[0, -1, class_tokens] for r in rows])
+    expected = torch.nn.functional.cross_entropy(alone, torch.tensor([r.label for r in rows]))
+    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_classification_objective_needs_distinct_first_label_tokens(tmp_path):
+    config = run_config(tmp_path, objective="classification", task={
+        "label_names": ["Unlabeled", "complaint", "no complaint"], "verbalizer": {"complaint": " no way", "no complaint": " no"},
+    })
+    with pytest.raises(train_module.DataError, match="start with different tokens.*objective=lm"):
+        train(TrainConfig.from_dict(config))

@@ -65,6 +65,14 @@ class TrainConfig:
     """text_columns, label_column, label_names, verbalizer, template, max_length."""
     validation_fraction: float = 0.0
     """Hold out this share of the training rows (stratified) to pick the best epoch, instead of the eval data."""
+    balance_classes: bool = False
+    """Each epoch, repeat random rows of the smaller classes until every class has as many rows as the largest,
+    so a few-shot prompt does not learn to always answer the majority label."""
+
+    objective: str = "lm"
+    """lm: the label text's language-model loss (PEFT's); classification: cross-entropy over the classes'
+    first label tokens only, so every step pushes the right class up against the other classes (needs label
+    texts that start with different tokens). Classification learns faster from few examples."""
 
     epochs: int = 10
     lr: float | None = None
@@ -97,6 +105,8 @@ class TrainConfig:
             self.lr = config_class_for(self.method).default_learning_rate
         if not self.lr > 0:
             problems.append(f"lr must be > 0, got {self.lr}")
+        if self.objective not in ("lm", "classification"):
+            problems.append(f"objective must be 'lm' or 'classification', got {self.objective!r}")
         if self.eval_method not in ("scoring", "generation"):
             problems.append(f"eval_method must be 'scoring' or 'generation', got {self.eval_method!r}")
         if self.best_metric not in ("accuracy", "macro_f1", "loss"):
@@ -171,6 +181,22 @@ def stratified_split(examples: list[Example], fraction: float, seed: int) -> tup
     return keep, held
 
 
+def epoch_examples(examples: list[Example], config: TrainConfig, epoch: int) -> list[Example]:
+    """The rows of one epoch: all of them, plus (balance_classes) seeded repeats of the smaller classes."""
+    if not config.balance_classes:
+        return examples
+    rng = random.Random(config.seed * 100_003 + epoch)
+    groups: dict[int, list[Example]] = {}
+    for example in examples:
+        groups.setdefault(example.label, []).append(example)
+    largest = max(len(group) for group in groups.values())
+    rows = []
+    for label in sorted(groups):
+        group = groups[label]
+        rows += group + [rng.choice(group) for _ in range(largest - len(group))]
+    return rows
+
+
 # ---- checkpoints ---------------------------------------------------------------------------
 def optimizer_to_files(optimizer) -> tuple[dict[str, torch.Tensor], dict]:
     """AdamW state as safetensors tensors plus JSON (no pickle)."""
@@ -241,6 +267,7 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     tokenizer = load_tokenizer(config.model)
     encoder, train_examples, selection, evaluation = load_task_data(config, tokenizer)
     report_truncation(train_examples, selection, evaluation, main)
+    class_tokens = first_label_tokens(encoder) if config.objective == "classification" else None
     base = load_base_model(config.model)
     model = get_peft_model(base, config.method_config())
     if state is not None:
@@ -251,7 +278,8 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay
     )
-    batches_per_epoch = math.ceil(len(train_examples) / config.batch_size / accelerator.num_processes)
+    rows_per_epoch = len(epoch_examples(train_examples, config, 0))
+    batches_per_epoch = math.ceil(rows_per_epoch / config.batch_size / accelerator.num_processes)
     total_steps = math.ceil(batches_per_epoch / config.gradient_accumulation_steps) * config.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, round(config.warmup_ratio * total_steps), total_steps)
     if state is not None:
@@ -273,11 +301,10 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     for epoch in range(start_epoch, config.epochs):
         started = time.time()
         torch.manual_seed(config.seed + epoch)  # dropout and anything random: a function of (seed, epoch)
-        order = length_grouped_batches(
-            [len(e.prompt_ids) + len(e.target_ids) for e in train_examples], config.batch_size, config.seed + epoch
-        )
+        rows = epoch_examples(train_examples, config, epoch)
+        order = length_grouped_batches([len(e.prompt_ids) + len(e.target_ids) for e in rows], config.batch_size, config.seed + epoch)
         loader = torch.utils.data.DataLoader(
-            train_examples, batch_sampler=order, collate_fn=lambda rows: collate_training(rows, pad_id)
+            rows, batch_sampler=order, collate_fn=lambda rows: collate_training(rows, pad_id)
         )
         loader = accelerator.prepare_data_loader(loader)
         model.train()
@@ -286,7 +313,8 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
         progress = tqdm_or_none(loader, f"epoch {epoch + 1}/{config.epochs}", config.progress and main)
         for step, batch in enumerate(progress):
             with accelerator.accumulate(model):
-                loss = model(**batch, logits_to_keep=keep).loss
+                output = model(**batch, logits_to_keep=keep)
+                loss = output.loss if class_tokens is None else classification_loss(output.logits, batch["labels"], class_tokens)
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(
                         f"The loss became {loss.item()} in epoch {epoch + 1}, batch {step + 1}. "
@@ -336,6 +364,31 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return history[-1] if history else {}
+
+
+def first_label_tokens(encoder: Encoder) -> torch.Tensor:
+    """[K] the first token of each class's label text; they must differ for the classification objective."""
+    first = [encoder.target_ids(k)[0] for k in range(len(encoder.class_names))]
+    if len(set(first)) < len(first):
+        texts = [encoder.spec.label_text(name) for name in encoder.class_names]
+        raise DataError(
+            f"objective=classification needs label texts that start with different tokens; {texts} do not. "
+            "Set task.verbalizer (e.g. {'complaint': ' yes', 'no complaint': ' no'}) or use objective=lm."
+        )
+    return torch.tensor(first)
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, class_tokens: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the K classes at each row's first label position.
+
+    logits [B, keep, V] for the last `keep` positions of left-padded rows [B, T]; labels [B, T] end with the target.
+    """
+    target_length = (labels != -100).sum(1)  # [B]
+    rows = torch.arange(labels.shape[0], device=labels.device)
+    first_target = labels[rows, labels.shape[1] - target_length]  # [B] the first label token of each row
+    predicting = logits[rows, logits.shape[1] - 1 - target_length]  # [B, V] the logits that predict it
+    classes = (first_target[:, None] == class_tokens.to(labels.device)).float().argmax(1)  # [B]
+    return torch.nn.functional.cross_entropy(predicting[:, class_tokens.to(labels.device)], classes)
 
 
 def evaluate_examples(model, encoder, examples, config) -> dict:
