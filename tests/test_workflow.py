@@ -186,31 +186,3 @@ def test_config_errors_name_the_field():
     with pytest.raises(ValueError, match="give train_file"):
         TrainConfig.from_dict({})
 
-
-@pytest.mark.parametrize("method", ["prompt_tuning", "prefix_tuning"])
-def test_classification_objective_equals_each_row_scored_alone(method):
-    from softprompt import get_peft_model
-    from softprompt.data import collate_training
-    from tiny_models import METHOD_CONFIGS, tiny_model
-
-    model = get_peft_model(tiny_model("llama_gqa"), METHOD_CONFIGS[method]())
-    class_tokens = torch.tensor([5, 9, 11])
-    rows = [  # prompts of different lengths, label texts of 1-3 tokens then EOS (1)
-        Example([20, 21, 22, 23, 24, 25], [5, 30, 1], 0, False, ""),
-        Example([40, 41], [9, 1], 1, False, ""),
-        Example([50, 51, 52, 53], [11, 31, 32, 1], 2, False, ""),
-    ]
-    batch = collate_training(rows, pad_id=0)
-    logits = model(**batch, logits_to_keep=5).logits  # [B, 5, V]
-    loss = train_module.classification_loss(logits, batch["labels"], class_tokens)
-    alone = torch.stack([model(input_ids=torch.tensor([r.prompt_ids])).logits[0, -1, class_tokens] for r in rows])
-    expected = torch.nn.functional.cross_entropy(alone, torch.tensor([r.label for r in rows]))
-    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
-
-
-def test_classification_objective_needs_distinct_first_label_tokens(tmp_path):
-    config = run_config(tmp_path, objective="classification", task={
-        "label_names": ["Unlabeled", "complaint", "no complaint"], "verbalizer": {"complaint": " no way", "no complaint": " no"},
-    })
-    with pytest.raises(train_module.DataError, match="start with different tokens.*objective=lm"):
-        train(TrainConfig.from_dict(config))

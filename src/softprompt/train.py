@@ -69,11 +69,6 @@ class TrainConfig:
     """Each epoch, repeat random rows of the smaller classes until every class has as many rows as the largest,
     so a few-shot prompt does not learn to always answer the majority label."""
 
-    objective: str = "lm"
-    """lm: the label text's language-model loss (PEFT's); classification: cross-entropy over the classes'
-    first label tokens only, so every step pushes the right class up against the other classes (needs label
-    texts that start with different tokens). Classification learns faster from few examples."""
-
     epochs: int = 10
     lr: float | None = None
     """Peak learning rate; None: the method's default (3e-2 for prompt and p-tuning, 1e-2 for prefix tuning)."""
@@ -105,8 +100,6 @@ class TrainConfig:
             self.lr = config_class_for(self.method).default_learning_rate
         if not self.lr > 0:
             problems.append(f"lr must be > 0, got {self.lr}")
-        if self.objective not in ("lm", "classification"):
-            problems.append(f"objective must be 'lm' or 'classification', got {self.objective!r}")
         if self.eval_method not in ("scoring", "generation"):
             problems.append(f"eval_method must be 'scoring' or 'generation', got {self.eval_method!r}")
         if self.best_metric not in ("accuracy", "macro_f1", "loss"):
@@ -267,7 +260,6 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     tokenizer = load_tokenizer(config.model)
     encoder, train_examples, selection, evaluation = load_task_data(config, tokenizer)
     report_truncation(train_examples, selection, evaluation, main)
-    class_tokens = first_label_tokens(encoder) if config.objective == "classification" else None
     base = load_base_model(config.model)
     model = get_peft_model(base, config.method_config())
     if state is not None:
@@ -313,8 +305,7 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
         progress = tqdm_or_none(loader, f"epoch {epoch + 1}/{config.epochs}", config.progress and main)
         for step, batch in enumerate(progress):
             with accelerator.accumulate(model):
-                output = model(**batch, logits_to_keep=keep)
-                loss = output.loss if class_tokens is None else classification_loss(output.logits, batch["labels"], class_tokens)
+                loss = model(**batch, logits_to_keep=keep).loss
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(
                         f"The loss became {loss.item()} in epoch {epoch + 1}, batch {step + 1}. "
@@ -364,31 +355,6 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return history[-1] if history else {}
-
-
-def first_label_tokens(encoder: Encoder) -> torch.Tensor:
-    """[K] the first token of each class's label text; they must differ for the classification objective."""
-    first = [encoder.target_ids(k)[0] for k in range(len(encoder.class_names))]
-    if len(set(first)) < len(first):
-        texts = [encoder.spec.label_text(name) for name in encoder.class_names]
-        raise DataError(
-            f"objective=classification needs label texts that start with different tokens; {texts} do not. "
-            "Set task.verbalizer (e.g. {'complaint': ' yes', 'no complaint': ' no'}) or use objective=lm."
-        )
-    return torch.tensor(first)
-
-
-def classification_loss(logits: torch.Tensor, labels: torch.Tensor, class_tokens: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over the K classes at each row's first label position.
-
-    logits [B, keep, V] for the last `keep` positions of left-padded rows [B, T]; labels [B, T] end with the target.
-    """
-    target_length = (labels != -100).sum(1)  # [B]
-    rows = torch.arange(labels.shape[0], device=labels.device)
-    first_target = labels[rows, labels.shape[1] - target_length]  # [B] the first label token of each row
-    predicting = logits[rows, logits.shape[1] - 1 - target_length]  # [B, V] the logits that predict it
-    classes = (first_target[:, None] == class_tokens.to(labels.device)).float().argmax(1)  # [B]
-    return torch.nn.functional.cross_entropy(predicting[:, class_tokens.to(labels.device)], classes)
 
 
 def evaluate_examples(model, encoder, examples, config) -> dict:
