@@ -185,4 +185,3 @@ def test_config_errors_name_the_field():
         TrainConfig.from_dict({"train_file": "x.csv", "method_options": {"num_virtual_tokens": 4, "prefix_projection": True}})
     with pytest.raises(ValueError, match="give train_file"):
         TrainConfig.from_dict({})
-

@@ -162,11 +162,18 @@ def load_task_data(config: TrainConfig, tokenizer):
     return encoder, train, selection, evaluation
 
 
+def groups_by_label(examples: list[Example]) -> list[list[Example]]:
+    """The examples of each label, in label order; each group keeps the examples' order."""
+    groups: dict[int, list[Example]] = {}
+    for example in examples:
+        groups.setdefault(example.label, []).append(example)
+    return [groups[label] for label in sorted(groups)]
+
+
 def stratified_split(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
     rng = random.Random(seed)
     keep, held = [], []
-    for label in sorted({e.label for e in examples}):
-        group = [e for e in examples if e.label == label]
+    for group in groups_by_label(examples):
         rng.shuffle(group)
         n = max(1, round(len(group) * fraction))
         held += group[:n]
@@ -179,13 +186,10 @@ def epoch_examples(examples: list[Example], config: TrainConfig, epoch: int) -> 
     if not config.balance_classes:
         return examples
     rng = random.Random(config.seed * 100_003 + epoch)
-    groups: dict[int, list[Example]] = {}
-    for example in examples:
-        groups.setdefault(example.label, []).append(example)
-    largest = max(len(group) for group in groups.values())
+    groups = groups_by_label(examples)
+    largest = max(len(group) for group in groups)
     rows = []
-    for label in sorted(groups):
-        group = groups[label]
+    for group in groups:
         rows += group + [rng.choice(group) for _ in range(largest - len(group))]
     return rows
 
@@ -293,10 +297,12 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     for epoch in range(start_epoch, config.epochs):
         started = time.time()
         torch.manual_seed(config.seed + epoch)  # dropout and anything random: a function of (seed, epoch)
-        rows = epoch_examples(train_examples, config, epoch)
-        order = length_grouped_batches([len(e.prompt_ids) + len(e.target_ids) for e in rows], config.batch_size, config.seed + epoch)
+        epoch_rows = epoch_examples(train_examples, config, epoch)
+        order = length_grouped_batches(
+            [len(e.prompt_ids) + len(e.target_ids) for e in epoch_rows], config.batch_size, config.seed + epoch
+        )
         loader = torch.utils.data.DataLoader(
-            rows, batch_sampler=order, collate_fn=lambda rows: collate_training(rows, pad_id)
+            epoch_rows, batch_sampler=order, collate_fn=lambda rows: collate_training(rows, pad_id)
         )
         loader = accelerator.prepare_data_loader(loader)
         model.train()
