@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from softprompt import cli, model as model_module, train as train_module
 from softprompt.train import TrainConfig, TrainingDiverged, train
 from softprompt.data import Example
@@ -85,6 +86,35 @@ def test_cli_predict_eval_and_info(trained_run, tmp_path):
     info = json.loads(done.stdout)
     assert info["method"] == "PROMPT_TUNING" and info["prompt_embeddings"] == [4, 32]
     assert info["labels"] == ["Unlabeled", "complaint", "no complaint"]
+
+
+def test_ensemble_averages_the_adapters_probabilities(trained_run, tmp_path):
+    adapter = trained_run / "run" / "adapter"
+    other = tmp_path / "other"
+    shutil.copytree(adapter, other)
+    tensors = load_file(str(other / "adapter_model.safetensors"))
+    generator = torch.Generator().manual_seed(0)  # another prompt of the same shape: a different member
+    save_file({name: torch.randn(t.shape, generator=generator) for name, t in tensors.items()}, str(other / "adapter_model.safetensors"))
+    texts = ["my order never arrived", "thanks for the quick help", "wifi down all day"]
+
+    def probabilities(*args):
+        done = run_cli(["predict", *args, "--", *texts])
+        assert done.returncode == 0, done.stderr
+        return [json.loads(line)["p(complaint)"] for line in done.stdout.splitlines()]
+
+    alone, second, together = probabilities(str(adapter)), probabilities(str(other)), probabilities(str(adapter), "--ensemble", str(other))
+    assert alone != second
+    assert together == pytest.approx([(a + b) / 2 for a, b in zip(alone, second)], abs=2e-4)
+    done = run_cli(["eval", str(adapter), "--ensemble", str(other), "--data", str(trained_run / "dev.csv")])
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["adapters"] == 2
+
+    task = json.loads((other / "task.json").read_text())
+    (other / "task.json").write_text(json.dumps({**task, "label_names": ["Unlabeled", "good", "bad"], "verbalizer": {}}))
+    done = run_cli(["predict", str(adapter), "--ensemble", str(other), "--", "hello"])
+    assert done.returncode == 2 and "an ensemble needs adapters trained for the same labels" in done.stderr
+    done = run_cli(["eval", str(adapter), "--ensemble", str(other), "--method", "generation", "--data", str(trained_run / "dev.csv")])
+    assert done.returncode == 2 and "use it with --method scoring" in done.stderr
 
 
 def test_cli_errors_are_clear(tmp_path):

@@ -63,20 +63,48 @@ def load_for_inference(adapter: str):
     return model, Encoder(tokenizer, spec, spec.label_names)
 
 
+def ensemble_probabilities(adapters: list[str], encode, batch_size: int, progress: bool = True):
+    """Class probabilities averaged over adapters (an ensemble of, e.g., several seeds): ([N, K], first encoder).
+
+    `encode(encoder)` turns the rows into examples with each adapter's own template; the adapters must share
+    their classes. Adapters load one at a time, so memory stays that of one model.
+    """
+    from .evaluate import score_labels
+
+    total, first = None, None
+    for adapter in adapters:
+        model, encoder = load_for_inference(adapter)
+        if first is not None and encoder.class_names != first.class_names:
+            raise ValueError(
+                f"Adapter {adapter} has classes {encoder.class_names}, but {adapters[0]} has {first.class_names}: "
+                "an ensemble needs adapters trained for the same labels."
+            )
+        probabilities = score_labels(model, encoder, encode(encoder), batch_size, progress).softmax(-1)  # [N, K]
+        total = probabilities if total is None else total + probabilities
+        first = first or encoder
+        del model
+    return total / len(adapters), first
+
+
 def command_eval(args, extra) -> int:
     from .data import load_table
-    from .evaluate import classification_metrics, classify_by_generation, score_labels
+    from .evaluate import classification_metrics, classify_by_generation
 
-    model, encoder = load_for_inference(args.adapter)
     table = load_table(args.data, args.dataset_config, args.split)
-    examples = encoder.encode_table(table)
-    gold = [e.label for e in examples]
     if args.method == "generation":
+        if args.ensemble:
+            raise ValueError("--ensemble averages label scores: use it with --method scoring.")
+        model, encoder = load_for_inference(args.adapter)
+        examples = encoder.encode_table(table)
         predicted, _ = classify_by_generation(model, encoder, examples, args.batch_size)
     else:
-        predicted = score_labels(model, encoder, examples, args.batch_size).argmax(-1).tolist()
-    metrics = classification_metrics(gold, predicted, encoder.class_names)
+        encode = lambda encoder: encoder.encode_table(table)
+        probabilities, encoder = ensemble_probabilities([args.adapter, *args.ensemble], encode, args.batch_size)
+        examples = encoder.encode_table(table)
+        predicted = probabilities.argmax(-1).tolist()
+    metrics = classification_metrics([e.label for e in examples], predicted, encoder.class_names)
     metrics["method"] = args.method
+    metrics["adapters"] = 1 + len(args.ensemble)
     print(json.dumps(metrics, indent=1))
     if args.output:
         Path(args.output).write_text(json.dumps(metrics, indent=1))
@@ -113,24 +141,27 @@ def write_predictions(rows: list[dict], output: str | None) -> None:
 def command_predict(args, extra) -> int:
     import torch
 
-    from .evaluate import score_labels
+    from .train import read_task
 
-    model, encoder = load_for_inference(args.adapter)
-    rows = read_predict_rows(args, encoder.spec.text_columns[0])
-    examples = [encoder.encode(row, args.input or "text", n + 1, labelled=False) for n, row in enumerate(rows)]
+    rows = read_predict_rows(args, read_task(args.adapter).text_columns[0])
+    origin = args.input or "text"
     if args.generate:
+        if args.ensemble:
+            raise ValueError("--ensemble averages label scores: it does not combine with --generate.")
+        model, encoder = load_for_inference(args.adapter)
         tokenizer = encoder.tokenizer
-        for row, example in zip(rows, examples):
+        for n, row in enumerate(rows):
+            prompt_ids = encoder.encode(row, origin, n + 1, labelled=False).prompt_ids
             ids = model.generate(
-                input_ids=torch.tensor([example.prompt_ids]), max_new_tokens=args.max_new_tokens,
+                input_ids=torch.tensor([prompt_ids]), max_new_tokens=args.max_new_tokens,
                 do_sample=False, pad_token_id=tokenizer.pad_token_id,
             )
-            row["generated"] = tokenizer.decode(ids[0, len(example.prompt_ids):], skip_special_tokens=True)
+            row["generated"] = tokenizer.decode(ids[0, len(prompt_ids):], skip_special_tokens=True)
     else:
-        scores = score_labels(model, encoder, examples, args.batch_size, progress=False)
-        probabilities = scores.softmax(-1)
-        for row, score, probability in zip(rows, scores, probabilities):
-            row["label"] = encoder.class_names[int(score.argmax())]
+        encode = lambda encoder: [encoder.encode(row, origin, n + 1, labelled=False) for n, row in enumerate(rows)]
+        probabilities, encoder = ensemble_probabilities([args.adapter, *args.ensemble], encode, args.batch_size, progress=False)
+        for row, probability in zip(rows, probabilities):  # probability: [K]
+            row["label"] = encoder.class_names[int(probability.argmax())]
             row.update({f"p({name})": round(float(p), 4) for name, p in zip(encoder.class_names, probability)})
     write_predictions(rows, args.output)
     return 0
@@ -202,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test", help="hub dataset split (default test)")
     evaluate.add_argument("--method", choices=["scoring", "generation"], default="scoring",
                           help="scoring: rank the labels by likelihood; generation: greedy text mapped to a label")
+    evaluate.add_argument("--ensemble", nargs="+", default=[], metavar="ADAPTER",
+                          help="more adapters for the same labels (e.g. other seeds): average their class probabilities")
     evaluate.add_argument("--batch-size", type=int, default=16)
     evaluate.add_argument("--output", help="also write the metrics JSON here")
     evaluate.set_defaults(run=command_eval)
@@ -213,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--output", help="write CSV (.csv) or JSONL (other names); default JSONL on stdout")
     predict.add_argument("--generate", action="store_true", help="generate free text after the prompt instead of classifying")
     predict.add_argument("--max-new-tokens", type=int, default=20, help="with --generate")
+    predict.add_argument("--ensemble", nargs="+", default=[], metavar="ADAPTER",
+                          help="more adapters for the same labels (e.g. other seeds): average their class probabilities")
     predict.add_argument("--batch-size", type=int, default=16)
     predict.set_defaults(run=command_predict)
 
@@ -234,9 +269,10 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if args.command == "predict":  # texts may come after options: argparse leaves those in `extra`
-        args.texts += [text for text in extra if not text.startswith("-")]
-        extra = [text for text in extra if text.startswith("-")]
+    if args.command == "predict":  # texts may come after options (or after --): argparse leaves those in `extra`
+        cut = extra.index("--") if "--" in extra else len(extra)
+        args.texts += [text for text in extra[:cut] if not text.startswith("-")] + extra[cut + 1:]
+        extra = [text for text in extra[:cut] if text.startswith("-")]
     if extra and args.command not in ("train", "demo"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:

@@ -241,7 +241,8 @@ def read_task(folder: str | os.PathLike) -> TaskSpec:
     if not path.is_file():
         raise adapters.AdapterError(
             f"{folder} has no {TASK_NAME}: it holds a prompt adapter but not the task (template, labels). "
-            "Adapters written by `softprompt train` have it; for others pass --template and --label-names."
+            "Adapters written by `softprompt train` have it; for one from elsewhere (e.g. PEFT), write a task.json there with "
+            "the fields of softprompt.data.TaskSpec (text_columns, label_column, label_names, verbalizer, template, max_length)."
         )
     return TaskSpec(**json.loads(path.read_text()))
 
