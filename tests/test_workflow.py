@@ -115,6 +115,9 @@ def test_ensemble_averages_the_adapters_probabilities(trained_run, tmp_path):
     assert done.returncode == 2 and "an ensemble needs adapters trained for the same labels" in done.stderr
     done = run_cli(["eval", str(adapter), "--ensemble", str(other), "--method", "generation", "--data", str(trained_run / "dev.csv")])
     assert done.returncode == 2 and "use it with --method scoring" in done.stderr
+    (other / "task.json").unlink()  # an adapter without its task (e.g. from PEFT): say what to add
+    done = run_cli(["predict", str(other), "hello"])
+    assert done.returncode == 2 and "has no task.json" in done.stderr and "TaskSpec" in done.stderr
 
 
 def test_cli_errors_are_clear(tmp_path):

@@ -83,7 +83,7 @@ def write_folder_atomically(directory: str | os.PathLike, write_into) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _local_or_hub_file(location: str | os.PathLike, filename: str, required: bool = True, **hub_kwargs) -> Path | None:
+def local_or_hub_file(location: str | os.PathLike, filename: str, required: bool = True, **hub_kwargs) -> Path | None:
     """Path of `filename` in an adapter folder, or downloaded from a hub repo of that name."""
     folder = Path(location)
     if folder.is_dir():
@@ -116,7 +116,7 @@ def _local_or_hub_file(location: str | os.PathLike, filename: str, required: boo
 
 
 def read_adapter_config(location: str | os.PathLike, **hub_kwargs) -> dict:
-    path = _local_or_hub_file(location, CONFIG_NAME, **hub_kwargs)
+    path = local_or_hub_file(location, CONFIG_NAME, **hub_kwargs)
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -134,7 +134,7 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def read_adapter_table(location: str | os.PathLike, **hub_kwargs) -> torch.Tensor:
-    path = _local_or_hub_file(location, WEIGHTS_NAME, **hub_kwargs)
+    path = local_or_hub_file(location, WEIGHTS_NAME, **hub_kwargs)
     tensors = read_tensors(path)
     if TABLE_KEY not in tensors:
         raise AdapterError(
@@ -144,5 +144,5 @@ def read_adapter_table(location: str | os.PathLike, **hub_kwargs) -> torch.Tenso
 
 
 def read_prompt_source(location: str | os.PathLike, **hub_kwargs) -> dict[str, torch.Tensor] | None:
-    path = _local_or_hub_file(location, SOURCE_NAME, required=False, **hub_kwargs)
+    path = local_or_hub_file(location, SOURCE_NAME, required=False, **hub_kwargs)
     return None if path is None else read_tensors(path)

@@ -237,8 +237,8 @@ def write_task(folder: Path, encoder: Encoder) -> None:
 
 
 def read_task(folder: str | os.PathLike) -> TaskSpec:
-    path = Path(folder) / TASK_NAME
-    if not path.is_file():
+    path = adapters.local_or_hub_file(folder, TASK_NAME, required=False)  # clear error if the folder is missing
+    if path is None:
         raise adapters.AdapterError(
             f"{folder} has no {TASK_NAME}: it holds a prompt adapter but not the task (template, labels). "
             "Adapters written by `softprompt train` have it; for one from elsewhere (e.g. PEFT), write a task.json there with "
