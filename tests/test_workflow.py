@@ -120,6 +120,58 @@ def test_ensemble_averages_the_adapters_probabilities(trained_run, tmp_path):
     assert done.returncode == 2 and "has no task.json" in done.stderr and "TaskSpec" in done.stderr
 
 
+def test_cli_push_uploads_the_adapter_with_its_task_in_one_commit(trained_run, tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+
+    adapter = trained_run / "run" / "adapter"
+    calls = []
+
+    class FakeApi:  # records what would reach the Hub
+        def __init__(self, token=None):
+            calls.append(("token", token))
+
+        def create_repo(self, repo_id, private=None, exist_ok=False):
+            calls.append(("create", repo_id, private, exist_ok))
+
+        def upload_folder(self, repo_id, folder_path, commit_message):
+            calls.append(("upload", repo_id, sorted(os.listdir(folder_path))))
+            return "https://huggingface.co/me/tweets/commit/abc"
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    assert cli.main(["push", str(adapter), "me/tweets", "--private", "--token", "hf_x"]) == 0
+    assert calls == [
+        ("token", "hf_x"), ("create", "me/tweets", True, True),
+        ("upload", "me/tweets", ["adapter_config.json", "adapter_model.safetensors", "task.json"]),
+    ]
+    assert "softprompt predict me/tweets" in capsys.readouterr().out
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(adapter, damaged)
+    (damaged / "adapter_model.safetensors").unlink()
+    calls.clear()
+    assert cli.main(["push", str(damaged), "me/tweets"]) == 2
+    assert calls == [] and "No adapter_model.safetensors" in capsys.readouterr().err
+
+    offline = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_ETAG_TIMEOUT": "2"}  # nothing listens there
+    done = run_cli(["push", str(adapter), "me/tweets", "--token", "hf_fake"], env=offline)
+    assert done.returncode == 2 and "Nothing was uploaded" in done.stderr
+
+
+def test_the_task_of_a_pushed_adapter_comes_from_the_hub(trained_run, monkeypatch):
+    import huggingface_hub
+
+    adapter = trained_run / "run" / "adapter"
+    asked = []
+
+    def fake_download(repo_id, filename, **kwargs):
+        asked.append((repo_id, filename))
+        return str(adapter / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    assert train_module.read_task("me/tweets").label_names == ["Unlabeled", "complaint", "no complaint"]
+    assert asked == [("me/tweets", "task.json")]
+
+
 def test_cli_errors_are_clear(tmp_path):
     done = run_cli(["train", "--train_file", str(tmp_path / "missing.csv"), "--model", "x", "--method", "lora"])
     assert done.returncode == 2 and "Unknown prompt method 'lora'" in done.stderr

@@ -146,3 +146,21 @@ def read_adapter_table(location: str | os.PathLike, **hub_kwargs) -> torch.Tenso
 def read_prompt_source(location: str | os.PathLike, **hub_kwargs) -> dict[str, torch.Tensor] | None:
     path = local_or_hub_file(location, SOURCE_NAME, required=False, **hub_kwargs)
     return None if path is None else read_tensors(path)
+
+
+def upload_folder(folder: str | os.PathLike, repo_id: str, private: bool | None = None, token: str | None = None,
+                  commit_message: str = "Upload prompt adapter") -> str:
+    """Upload an adapter folder's files to a Hub repo as one commit (all files or none). Returns the commit URL."""
+    from huggingface_hub import HfApi
+
+    try:
+        api = HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message)
+    except Exception as error:
+        raise ConnectionError(
+            f"Could not push the adapter to the Hugging Face Hub repo {repo_id!r} ({type(error).__name__}: {error}). "
+            "Nothing was uploaded (the upload is a single commit). Check your network and login "
+            "(`hf auth login` or token=...), or keep it local with save_pretrained()."
+        ) from error
+    return str(getattr(commit, "commit_url", commit))

@@ -1,4 +1,4 @@
-"""The `softprompt` command: train, eval, predict, info, demo."""
+"""The `softprompt` command: train, eval, predict, info, push, demo."""
 
 from __future__ import annotations
 
@@ -191,6 +191,19 @@ def command_info(args, extra) -> int:
     return 0
 
 
+def command_push(args, extra) -> int:
+    from .adapters import read_adapter_config, read_adapter_table, upload_folder
+    from .train import read_task
+
+    folder = Path(args.adapter)
+    if not folder.is_dir():
+        raise ValueError(f"{folder} is not a folder: pass the adapter folder softprompt train wrote (OUTPUT_DIR/adapter).")
+    read_adapter_config(folder), read_adapter_table(folder), read_task(folder)  # refuse a damaged or partial adapter
+    url = upload_folder(folder, args.repo_id, private=args.private or None, token=args.token)
+    print(f"Pushed {folder} to {args.repo_id}: {url}\nUse it with: softprompt predict {args.repo_id} \"some text\"")
+    return 0
+
+
 def command_demo(args, extra) -> int:
     """Train prompt tuning on the bundled demo messages, report dev accuracy, classify two new messages."""
     from .train import TrainConfig, train
@@ -255,6 +268,13 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("adapter")
     info.set_defaults(run=command_info)
 
+    push = commands.add_parser("push", help="upload an adapter folder (with its task.json) to the Hugging Face Hub")
+    push.add_argument("adapter", help="adapter folder written by softprompt train")
+    push.add_argument("repo_id", help="Hub repo, e.g. your-name/twitter-complaints-prompt (created if missing)")
+    push.add_argument("--private", action="store_true", help="create the repo private")
+    push.add_argument("--token", default=None, help="Hub token (default: the one `hf auth login` stored)")
+    push.set_defaults(run=command_push)
+
     demo = commands.add_parser("demo", help="train on the bundled demo data with the offline default model, then predict")
     demo.set_defaults(run=command_demo)
     return parser
@@ -277,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.run(args, extra)
-    except (AdapterError, ConfigError, DataError, ModelNotFoundError, TrainingDiverged, ValueError) as error:
+    except (AdapterError, ConfigError, ConnectionError, DataError, ModelNotFoundError, TrainingDiverged, ValueError) as error:
         print(f"softprompt {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -263,21 +263,9 @@ class PeftModel(nn.Module):
 
     def push_to_hub(self, repo_id: str, private: bool | None = None, token: str | None = None, commit_message: str = "Upload prompt adapter") -> str:
         """Upload the adapter as one commit (all files or none). Returns the commit URL."""
-        from huggingface_hub import HfApi
-
         with tempfile.TemporaryDirectory() as folder:
             self.save_pretrained(os.path.join(folder, "adapter"))
-            try:
-                api = HfApi(token=token)
-                api.create_repo(repo_id, private=private, exist_ok=True)
-                commit = api.upload_folder(repo_id=repo_id, folder_path=os.path.join(folder, "adapter"), commit_message=commit_message)
-            except Exception as error:
-                raise ConnectionError(
-                    f"Could not push the adapter to the Hugging Face Hub repo {repo_id!r} ({type(error).__name__}: {error}). "
-                    "Nothing was uploaded (the upload is a single commit). Check your network and login "
-                    "(`hf auth login` or token=...), or keep it local with save_pretrained()."
-                ) from error
-        return str(getattr(commit, "commit_url", commit))
+            return adapters.upload_folder(os.path.join(folder, "adapter"), repo_id, private, token, commit_message)
 
 
 class PeftModelForCausalLM(PeftModel):
