@@ -26,7 +26,7 @@ METHODS = ["prompt_tuning", "p_tuning", "prefix_tuning"]
 
 
 def train_and_score(method: str, seed: int, overrides: dict, runs: Path) -> dict:
-    from softprompt.cli import load_for_inference
+    from softprompt.evaluate import load_for_inference
     from softprompt.data import load_table
     from softprompt.evaluate import score_labels
     from softprompt.train import TrainConfig, train

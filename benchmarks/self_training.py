@@ -42,7 +42,7 @@ def main() -> None:
     if not DEV.is_file():
         print(f"skipped: {DATA} is absent (the benchmark reads ../shared/data/twitter_complaints)")
         return
-    from softprompt.cli import ensemble_probabilities
+    from softprompt.evaluate import ensemble_probabilities
 
     runs = Path(args.runs)
     teachers = [runs / f"{args.method}-seed{seed}" / "adapter" for seed in (42, 43, 44, 45, 46)]

@@ -172,6 +172,20 @@ def test_the_task_of_a_pushed_adapter_comes_from_the_hub(trained_run, monkeypatc
     assert asked == [("me/tweets", "task.json")]
 
 
+def test_python_api_classifies_like_the_cli(trained_run):
+    from softprompt.evaluate import ensemble_probabilities, load_for_inference, score_labels
+
+    adapter = str(trained_run / "run" / "adapter")
+    model, encoder = load_for_inference(adapter)
+    examples = [encoder.encode({"Tweet text": "my order never arrived"}, labelled=False)]
+    probabilities = score_labels(model, encoder, examples, progress=False).softmax(-1)  # [1, 2]
+    done = run_cli(["predict", adapter, "my order never arrived"])
+    row = json.loads(done.stdout)
+    assert probabilities[0].tolist() == pytest.approx([row["p(complaint)"], row["p(no complaint)"]], abs=1e-4)
+    alone, _ = ensemble_probabilities([adapter], lambda enc: examples, 16, progress=False)
+    assert torch.allclose(alone, probabilities)
+
+
 def test_cli_errors_are_clear(tmp_path):
     done = run_cli(["train", "--train_file", str(tmp_path / "missing.csv"), "--model", "x", "--method", "lora"])
     assert done.returncode == 2 and "Unknown prompt method 'lora'" in done.stderr

@@ -50,45 +50,9 @@ def command_train(args, extra) -> int:
     return 0 if final is not None else 1
 
 
-def load_for_inference(adapter: str):
-    from .model import AutoPeftModelForCausalLM
-    from .models import load_tokenizer
-    from .train import read_task
-    from .data import Encoder
-
-    model = AutoPeftModelForCausalLM.from_pretrained(adapter)
-    model.eval()
-    tokenizer = load_tokenizer(model.active_peft_config.base_model_name_or_path)
-    spec = read_task(adapter)
-    return model, Encoder(tokenizer, spec, spec.label_names)
-
-
-def ensemble_probabilities(adapters: list[str], encode, batch_size: int, progress: bool = True):
-    """Class probabilities averaged over adapters (an ensemble of, e.g., several seeds): ([N, K], first encoder).
-
-    `encode(encoder)` turns the rows into examples with each adapter's own template; the adapters must share
-    their classes. Adapters load one at a time, so memory stays that of one model.
-    """
-    from .evaluate import score_labels
-
-    total, first = None, None
-    for adapter in adapters:
-        model, encoder = load_for_inference(adapter)
-        if first is not None and encoder.class_names != first.class_names:
-            raise ValueError(
-                f"Adapter {adapter} has classes {encoder.class_names}, but {adapters[0]} has {first.class_names}: "
-                "an ensemble needs adapters trained for the same labels."
-            )
-        probabilities = score_labels(model, encoder, encode(encoder), batch_size, progress).softmax(-1)  # [N, K]
-        total = probabilities if total is None else total + probabilities
-        first = first or encoder
-        del model
-    return total / len(adapters), first
-
-
 def command_eval(args, extra) -> int:
     from .data import load_table
-    from .evaluate import classification_metrics, classify_by_generation
+    from .evaluate import classification_metrics, classify_by_generation, ensemble_probabilities, load_for_inference
 
     table = load_table(args.data, args.dataset_config, args.split)
     if args.method == "generation":
@@ -141,6 +105,7 @@ def write_predictions(rows: list[dict], output: str | None) -> None:
 def command_predict(args, extra) -> int:
     import torch
 
+    from .evaluate import ensemble_probabilities, load_for_inference
     from .train import read_task
 
     rows = read_predict_rows(args, read_task(args.adapter).text_columns[0])

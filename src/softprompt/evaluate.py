@@ -1,4 +1,5 @@
-"""Classification with a prompted model: label scoring (rank classification) or generation, and metrics."""
+"""Classification with a prompted model: loading a trained adapter, label scoring (rank classification),
+ensembles of adapters, generation, and metrics."""
 
 from __future__ import annotations
 
@@ -25,6 +26,40 @@ def score_labels(model, encoder: Encoder, examples: list[Example], batch_size: i
         attention_mask = pad_left([[1] * len(p) for p in prompts], 0).to(model.device)
         scores[batch] = model.score_continuations(input_ids, attention_mask, targets).cpu()
     return scores
+
+
+def load_for_inference(adapter: str):
+    """(model, encoder) from an adapter folder (or Hub repo) written by softprompt train: base model, prompt, task."""
+    from .model import AutoPeftModelForCausalLM
+    from .models import load_tokenizer
+    from .train import read_task  # train imports this module: import late
+
+    model = AutoPeftModelForCausalLM.from_pretrained(adapter)
+    model.eval()
+    tokenizer = load_tokenizer(model.active_peft_config.base_model_name_or_path)
+    spec = read_task(adapter)
+    return model, Encoder(tokenizer, spec, spec.label_names)
+
+
+def ensemble_probabilities(adapters: list[str], encode, batch_size: int, progress: bool = True):
+    """Class probabilities averaged over adapters (an ensemble of, e.g., several seeds): ([N, K], first encoder).
+
+    `encode(encoder)` turns the rows into examples with each adapter's own template; the adapters must share
+    their classes. Adapters load one at a time, so memory stays that of one model.
+    """
+    total, first = None, None
+    for adapter in adapters:
+        model, encoder = load_for_inference(adapter)
+        if first is not None and encoder.class_names != first.class_names:
+            raise ValueError(
+                f"Adapter {adapter} has classes {encoder.class_names}, but {adapters[0]} has {first.class_names}: "
+                "an ensemble needs adapters trained for the same labels."
+            )
+        probabilities = score_labels(model, encoder, encode(encoder), batch_size, progress).softmax(-1)  # [N, K]
+        total = probabilities if total is None else total + probabilities
+        first = first or encoder
+        del model
+    return total / len(adapters), first
 
 
 def match_label(text: str, label_texts: list[str]) -> int:
