@@ -1,7 +1,15 @@
-"""The model wrapper: a frozen causal LM plus one prompt source. It knows injections, not methods."""
+"""The model wrapper: a frozen causal LM plus one or more prompts (adapters). It knows injections, not methods.
+
+Several adapters can be loaded at once (PEFT's names: `load_adapter`, `set_adapter`, `delete_adapter`,
+`active_adapter`, `peft_config[name]`); `forward`, `generate` and `score_continuations` take
+`adapter_names`, one per row, so one batch mixes adapters of any method and prompt length, and rows
+with `None` (or PEFT's "__base__") run the bare base model. At inference each adapter's prompt states
+(per-layer keys/values of its virtual positions) are computed once and kept until its weights change.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import tempfile
@@ -14,13 +22,23 @@ from torch.nn import functional as F
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from . import adapters
+from .compat import (
+    accepts_position_ids,
+    allow_checkpointing_with_cache,
+    base_model_adapter_methods,
+    cache_argument,
+    enable_checkpointing,
+    filled_cache,
+    frozen_prefix_cache,
+    layer_states,
+)
 from .config import PromptLearningConfig
-from .inject import accepts_position_ids, cache_argument, frozen_prefix_cache, positions_from_mask, probe_shape
+from .inject import Prefix, PromptStates, positions_from_mask, probe_shape, run_with_prefix
 from .methods import PromptTable, source_class_for
 
-
+BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in adapter_names
 class PeftModel(nn.Module):
-    """A frozen base model and a trainable prompt. Use `get_peft_model` or `PeftModel.from_pretrained`."""
+    """A frozen base model and one or more prompts. Use `get_peft_model` or `PeftModel.from_pretrained`."""
 
     def __init__(
         self,
@@ -30,39 +48,111 @@ class PeftModel(nn.Module):
         prompt_source: nn.Module | None = None,
     ):
         super().__init__()
+        self.base_model = model
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+        allow_checkpointing_with_cache(model)
+        self.shape = probe_shape(model)
+        self.prompt_encoder = nn.ModuleDict()  # adapter name -> prompt source (PEFT's attribute name)
+        self.peft_config: dict[str, PromptLearningConfig] = {}
+        self.injections = {}  # adapter name -> Injection
+        self.active_adapter: str | None = adapter_name
+        self.adapters_disabled = False
+        self.states_cache: dict[str, tuple[tuple, PromptStates]] = {}  # name -> (weights' versions, states)
+        self.add_adapter(adapter_name, peft_config, prompt_source)
+
+    # ---- adapters (PEFT's API) -----------------------------------------------------------
+    def add_adapter(self, adapter_name: str, peft_config: PromptLearningConfig, prompt_source: nn.Module | None = None) -> None:
+        """Add a prompt: new and trainable from `peft_config`, or `prompt_source` (e.g. a loaded table)."""
         if not isinstance(peft_config, PromptLearningConfig):
             raise TypeError(
                 f"peft_config must be a softprompt config (PromptTuningConfig, PromptEncoderConfig or "
                 f"PrefixTuningConfig), got {type(peft_config).__name__}."
             )
-        self.base_model = model
-        for parameter in model.parameters():
-            parameter.requires_grad_(False)
-        for module in model.modules():
-            # Our prompt caches are safe to recompute (they never append), so let checkpointed layers keep
-            # them; otherwise transformers drops a cache under gradient checkpointing, and the prompt with it.
-            if hasattr(type(module), "_can_checkpoint_with_cache"):
-                module._can_checkpoint_with_cache = True
-        self.adapter_name = adapter_name
-        self.shape = probe_shape(model)
+        self.check_new_name(adapter_name)
         if peft_config.base_model_name_or_path is None:
-            peft_config.base_model_name_or_path = getattr(model, "name_or_path", None) or None
+            peft_config.base_model_name_or_path = getattr(self.base_model, "name_or_path", None) or None
         peft_config.fill_model_fields(self.shape)
-        self.config_ = peft_config
         source_class = source_class_for(peft_config)
         if prompt_source is None:
-            prompt_source = source_class(peft_config, self.shape, model)
-        self.prompt_source = prompt_source.to(model.get_input_embeddings().weight.device)
-        self.injection = source_class.injection(self.shape)
+            prompt_source = source_class(peft_config, self.shape, self.base_model)
+        self.prompt_encoder[adapter_name] = prompt_source.to(self.base_model.get_input_embeddings().weight.device)
+        self.peft_config[adapter_name] = peft_config
+        self.injections[adapter_name] = source_class.injection(self.shape)
 
-    # ---- PEFT-compatible accessors -------------------------------------------------------
+    def load_adapter(self, model_id: str | os.PathLike, adapter_name: str, is_trainable: bool = False, **hub_kwargs) -> None:
+        """Load a saved adapter (ours or PEFT's; folder or hub repo) beside the ones already loaded.
+
+        It must fit this base model (layers, widths, KV heads), else it is refused with the reason; the
+        adapters already loaded are not touched. `set_adapter(adapter_name)` makes it the active one.
+        """
+        self.check_new_name(adapter_name)
+        config, source = read_adapter(self.base_model, self.shape, model_id, is_trainable, **hub_kwargs)
+        self.add_adapter(adapter_name, config, source)
+
+    def set_adapter(self, adapter_name: str) -> None:
+        """Make `adapter_name` the adapter used by calls that pass no `adapter_names`."""
+        self.check_known(adapter_name)
+        self.active_adapter = adapter_name
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        """Remove an adapter; if it was active, the first remaining one becomes active (as in PEFT)."""
+        self.check_known(adapter_name)
+        del self.prompt_encoder[adapter_name]
+        del self.peft_config[adapter_name]
+        del self.injections[adapter_name]
+        self.states_cache.pop(adapter_name, None)
+        if self.active_adapter == adapter_name:
+            self.active_adapter = next(iter(self.peft_config), None)
+            if self.active_adapter is not None:
+                warnings.warn(f"Adapter {adapter_name} was active and is deleted; {self.active_adapter} is now active.")
+
+    @contextlib.contextmanager
+    def disable_adapter(self):
+        """Inside this context every call runs the bare base model."""
+        self.adapters_disabled = True
+        try:
+            yield
+        finally:
+            self.adapters_disabled = False
+
     @property
-    def peft_config(self) -> dict[str, PromptLearningConfig]:
-        return {self.adapter_name: self.config_}
+    def active_adapters(self) -> list[str]:
+        return [] if self.active_adapter is None else [self.active_adapter]
+
+    def check_new_name(self, adapter_name) -> None:
+        if not isinstance(adapter_name, str) or not adapter_name or "." in adapter_name or adapter_name == BASE_ADAPTER:
+            raise ValueError(
+                f"Invalid adapter name {adapter_name!r}: use a non-empty string without '.', other than {BASE_ADAPTER!r}."
+            )
+        if adapter_name in self.peft_config:
+            raise ValueError(f"An adapter named {adapter_name!r} is already loaded: delete_adapter({adapter_name!r}) first, or pick another name.")
+
+    def check_known(self, adapter_name) -> None:
+        if adapter_name not in self.peft_config:
+            raise ValueError(f"Unknown adapter {adapter_name!r}. Loaded adapters: {sorted(self.peft_config)}.")
+
+    # ---- the active adapter (what a single-adapter user sees) ------------------------------
+    def active_name(self) -> str:
+        if self.active_adapter is None:
+            raise ValueError("No adapter is loaded: add one with load_adapter(path, name) or add_adapter(name, config).")
+        return self.active_adapter
+
+    @property
+    def prompt_source(self) -> nn.Module:
+        return self.prompt_encoder[self.active_name()]
+
+    @property
+    def config_(self) -> PromptLearningConfig:
+        return self.peft_config[self.active_name()]
 
     @property
     def active_peft_config(self) -> PromptLearningConfig:
         return self.config_
+
+    @property
+    def injection(self):
+        return self.injections[self.active_name()]
 
     def get_base_model(self) -> nn.Module:
         return self.base_model
@@ -71,8 +161,13 @@ class PeftModel(nn.Module):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            if name in {"base_model", "prompt_source", "config_"}:
+            if name in {"base_model", "prompt_encoder"}:
                 raise
+            if name in BASE_ADAPTER_METHODS:
+                raise AttributeError(
+                    f"{name} is transformers' own PEFT integration on the base model; it would bypass softprompt's "
+                    "adapters. Use softprompt's load_adapter, set_adapter, delete_adapter and adapter_names instead."
+                ) from None
             return getattr(self.base_model, name)
 
     def get_nb_trainable_parameters(self) -> tuple[int, int]:
@@ -84,9 +179,57 @@ class PeftModel(nn.Module):
         trainable, total = self.get_nb_trainable_parameters()
         print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
 
-    def prompt_table(self) -> torch.Tensor:
-        """The prompt as its table [P, D]: what the injection consumes and what the adapter file stores."""
-        return self.prompt_source()
+    def prompt_table(self, adapter_name: str | None = None) -> torch.Tensor:
+        """An adapter's prompt as its table [P, D]: what the injection consumes and the adapter file stores."""
+        return self.prompt_encoder[adapter_name or self.active_name()]()
+
+    # ---- prompt states and the batch prefix --------------------------------------------------
+    def prompt_states(self, adapter_name: str, with_logits: bool = False) -> PromptStates:
+        """An adapter's per-layer keys/values [1, kv_heads, P, head_dim], cached while its weights stay the same.
+
+        Cached only when no gradient can flow to it (inference); training recomputes it every call.
+        """
+        source = self.prompt_encoder[adapter_name]
+        base = self.base_model
+        needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in source.parameters())
+        if with_logits or needs_grad or source.training:
+            return self.injections[adapter_name].prompt_states(base, source(), with_logits)
+        weights = base.get_input_embeddings().weight
+        version = (weights.dtype, weights.device, *((p.data_ptr(), p._version) for p in source.parameters()))
+        cached = self.states_cache.get(adapter_name)
+        if cached is None or cached[0] != version:
+            with torch.no_grad():
+                cached = (version, self.injections[adapter_name].prompt_states(base, source()))
+            self.states_cache[adapter_name] = cached
+        return cached[1]
+
+    def prompt_cache_bytes(self) -> int:
+        """Memory held by cached prompt states, all adapters."""
+        return sum(states.nbytes() for _, states in self.states_cache.values())
+
+    def row_adapters(self, adapter_names, batch: int) -> list[str | None]:
+        if len(adapter_names) != batch:
+            raise ValueError(f"adapter_names has {len(adapter_names)} entries but the batch has {batch} rows: give one per row.")
+        rows = [None if name in (None, BASE_ADAPTER) else name for name in adapter_names]
+        for name in set(rows) - {None}:
+            self.check_known(name)
+        return rows
+
+    def batch_prefix(self, batch: int, adapter_names=None, with_logits: bool = False):
+        """-> (Prefix for `batch` rows or None for the bare model, last virtual logits [1, 1, V] or None)."""
+        if self.adapters_disabled:
+            return None, None
+        if adapter_names is None:
+            if self.active_adapter is None:
+                return None, None
+            states = self.prompt_states(self.active_adapter, with_logits)
+            return Prefix.shared(states, batch), states.last_logits
+        rows = self.row_adapters(adapter_names, batch)
+        if not any(rows):
+            return None, None
+        states = {name: self.prompt_states(name) for name in set(rows) - {None}}
+        template = next(iter(states.values())).layers
+        return Prefix.per_row([states.get(name) for name in rows], template), None
 
     # ---- forward and generate --------------------------------------------------------------
     def forward(
@@ -97,12 +240,16 @@ class PeftModel(nn.Module):
         labels: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         logits_to_keep: int = 0,
+        adapter_names: list[str | None] | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """Logits [B, L, V] aligned with `input_ids` (no virtual positions); loss over `labels` != -100.
 
         `logits_to_keep=K` computes the LM head for the last K positions only (logits [B, K, V]): with
         left padding and labels at the end of each row, K = longest label + 1 is all a loss needs.
+        `adapter_names`: one adapter name per row (None or "__base__": the bare model); default: the active
+        adapter for every row. With one adapter, as in PEFT, the last virtual position predicts a label on
+        the first input token; in a mixed batch the first input token is not predicted (as for a bare model).
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
@@ -112,11 +259,15 @@ class PeftModel(nn.Module):
         kwargs.pop("use_cache", None)
         if logits_to_keep:
             kwargs["logits_to_keep"] = logits_to_keep
-        logits = self.injection.forward(
-            self.base_model, self.prompt_table(), input_ids, inputs_embeds, attention_mask, position_ids, **kwargs
-        )  # [B, T, V]: the last T positions of [virtual..., input...]
-        length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
-        num_virtual = max(logits.shape[1] - length, 0)  # leading rows that belong to virtual positions
+        batch, length = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
+        prefix, last_virtual_logits = self.batch_prefix(batch, adapter_names, with_logits=labels is not None)
+        logits = run_with_prefix(
+            self.base_model, prefix, input_ids, inputs_embeds, attention_mask, position_ids, **kwargs
+        ).logits  # [B, T, V]: the last T input positions
+        num_virtual = 0
+        if last_virtual_logits is not None and logits.shape[1] == length:  # it predicts the first input token
+            logits = torch.cat([last_virtual_logits.expand(batch, -1, -1), logits], dim=1)  # [B, 1+L, V]
+            num_virtual = 1
         if logits_to_keep and labels is not None and (labels[:, : max(length - logits.shape[1] + 1, 0)] != -100).any():
             raise ValueError(
                 f"Some labels lie before the last logits_to_keep={logits_to_keep} positions, so no logits predict "
@@ -126,41 +277,55 @@ class PeftModel(nn.Module):
         return CausalLMOutputWithPast(loss=loss, logits=logits[:, num_virtual:])
 
     @torch.no_grad()
-    def score_continuations(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, continuations: list[list[int]]) -> torch.Tensor:
+    def score_continuations(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, continuations, adapter_names=None
+    ) -> torch.Tensor:
         """Summed log-probability of each continuation after each left-padded input: [B, K].
 
-        The prompt and the inputs run once; each continuation then runs as a few tokens attending to
-        their cache, instead of K full copies of every input.
+        `continuations`: token-id lists shared by every row, or one such list per row (rows may then have
+        different counts K_i; scores are [B, max K_i], -inf past a row's own). The prompts and the inputs
+        run once; each continuation then runs as a few tokens attending to their cache.
         """
-        base, table = self.base_model, self.prompt_table()
-        batch, num_virtual = input_ids.shape[0], table.shape[0]
-        cache = self.injection.generation_cache(base, table, batch)  # P prompt positions
-        full_mask = torch.cat([attention_mask.new_ones(batch, num_virtual), attention_mask], dim=1)  # [B, P+L]
+        base, batch = self.base_model, input_ids.shape[0]
+        per_row = continuations if isinstance(continuations[0][0], (list, tuple)) else [continuations] * batch
+        if len(per_row) != batch:
+            raise ValueError(f"continuations has {len(per_row)} per-row lists but the batch has {batch} rows.")
+        prefix, _ = self.batch_prefix(batch, adapter_names)
+        num_prefix = 0 if prefix is None else prefix.length
+        full_mask = attention_mask if prefix is None else torch.cat([prefix.mask.to(attention_mask.dtype), attention_mask], 1)
+        cache = filled_cache(base, [] if prefix is None else prefix.layers)  # P prompt positions, then the inputs
         kwargs = {cache_argument(base): cache}
         if accepts_position_ids(base):
-            kwargs["position_ids"] = positions_from_mask(full_mask)[:, num_virtual:]
+            kwargs["position_ids"] = positions_from_mask(full_mask)[:, num_prefix:]
         first = base(input_ids=input_ids, attention_mask=full_mask, use_cache=True, logits_to_keep=1, **kwargs).logits
         first = first[:, -1].float().log_softmax(-1)  # [B, V]: predicts each continuation's first token
-        layers = [(layer.keys, layer.values) for layer in cache.layers]  # now P+L positions
+        layers = layer_states(cache)  # now P+L positions
         next_position = full_mask.sum(-1, keepdim=True) if accepts_position_ids(base) else None  # [B, 1]
-        scores = torch.empty(batch, len(continuations), device=first.device)
-        for k, tokens in enumerate(continuations):
-            ids = torch.tensor(tokens, device=input_ids.device).expand(batch, -1)  # [B, n]
-            score = first[:, tokens[0]]
-            if len(tokens) > 1:
+        scores = torch.full((batch, max(len(c) for c in per_row)), float("-inf"), device=first.device)
+        for k in range(scores.shape[1]):
+            tokens = [list(c[k]) if k < len(c) else None for c in per_row]
+            present = torch.tensor([t is not None for t in tokens], device=first.device)
+            width = max(len(t) for t in tokens if t is not None)
+            ids = torch.tensor([(t or [0]) + [(t or [0])[-1]] * (width - len(t or [0])) for t in tokens], device=input_ids.device)
+            score = first.gather(1, ids[:, :1]).squeeze(1)  # [B]
+            if width > 1:  # the rest of each continuation, right-padded: padding comes after, so it changes nothing
                 kwargs = {cache_argument(base): frozen_prefix_cache(layers)}
                 if next_position is not None:
-                    kwargs["position_ids"] = next_position + torch.arange(len(tokens) - 1, device=ids.device)
-                mask = torch.cat([full_mask, full_mask.new_ones(batch, len(tokens) - 1)], dim=1)
+                    kwargs["position_ids"] = next_position + torch.arange(width - 1, device=ids.device)
+                mask = torch.cat([full_mask, full_mask.new_ones(batch, width - 1)], dim=1)
                 logits = base(input_ids=ids[:, :-1], attention_mask=mask, use_cache=False, **kwargs).logits  # [B, n-1, V]
                 rest = logits.float().log_softmax(-1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)  # [B, n-1]
-                score = score + rest.sum(-1)
-            scores[:, k] = score
+                real = torch.tensor([len(t or [0]) - 1 for t in tokens], device=ids.device)  # tokens after the first
+                score = score + (rest * (torch.arange(width - 1, device=ids.device) < real[:, None])).sum(-1)
+            scores[:, k] = torch.where(present, score, scores[:, k])
         return scores
 
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None, **kwargs):
-        """`transformers` generation (greedy, sampling, beams...) after the prompt; returns input + new tokens."""
+    def generate(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None, adapter_names=None, **kwargs):
+        """`transformers` generation (greedy, sampling, beams...) after the prompt; returns input + new tokens.
+
+        `adapter_names`: one adapter per row, as in `forward`.
+        """
         if input_ids is None:
             raise ValueError("generate() needs input_ids.")
         base = self.base_model
@@ -169,15 +334,18 @@ class PeftModel(nn.Module):
             attention_mask = torch.ones_like(input_ids)
         settings = kwargs.get("generation_config") or base.generation_config
         expand = max(kwargs.get("num_beams", settings.num_beams) or 1, kwargs.get("num_return_sequences", settings.num_return_sequences) or 1)
-        table = self.prompt_table()
-        num_virtual = table.shape[0]
-        cache = self.injection.generation_cache(base, table, batch * expand)  # P positions, [B*expand, ...]
-        # The cache stands for P tokens that have no ids: give generate placeholders it will not embed.
+        if adapter_names is not None:
+            adapter_names = [name for name in self.row_adapters(adapter_names, batch) for _ in range(expand)]
+        prefix, _ = self.batch_prefix(batch * expand, adapter_names)  # rows as generate expands them
+        if prefix is None:
+            return base.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        num_virtual = prefix.length
+        # The cache stands for P positions that have no ids: give generate placeholders it will not embed.
         placeholder = settings.pad_token_id if settings.pad_token_id is not None else 0
         if isinstance(placeholder, (list, tuple)):
             placeholder = placeholder[0]
         full_ids = torch.cat([input_ids.new_full((batch, num_virtual), placeholder), input_ids], dim=1)
-        full_mask = torch.cat([attention_mask.new_ones(batch, num_virtual), attention_mask], dim=1)
+        full_mask = torch.cat([prefix.mask[::expand].to(attention_mask.dtype), attention_mask], dim=1)  # [B, P+L]
         if accepts_position_ids(base):
             kwargs["position_ids"] = positions_from_mask(full_mask)  # grows by one per step inside generate
         for length_key in ("max_length", "min_length"):
@@ -185,7 +353,7 @@ class PeftModel(nn.Module):
                 kwargs[length_key] += num_virtual
         if kwargs.get("max_length") is None and kwargs.get("max_new_tokens") is None and settings.max_new_tokens is None:
             kwargs["max_length"] = settings.max_length + num_virtual
-        kwargs[cache_argument(base)] = cache
+        kwargs[cache_argument(base)] = filled_cache(base, prefix.layers)  # [B*expand, ...]
         output = base.generate(input_ids=full_ids, attention_mask=full_mask, **kwargs)
         if isinstance(output, torch.Tensor):
             return output[:, num_virtual:]
@@ -202,29 +370,37 @@ class PeftModel(nn.Module):
         if kwargs.pop("use_reentrant", False):
             warnings.warn("use_reentrant=True cannot train a shared prompt; using use_reentrant=False (same memory saving).")
         kwargs["use_reentrant"] = False
-        base = self.base_model
-        enable = getattr(base, "activation_checkpointing_enable", None)  # transformers >= 5.2x name
-        if enable is not None:
-            enable(activation_checkpointing_kwargs=kwargs)
-        else:
-            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        enable_checkpointing(self.base_model, kwargs)
 
     # ---- saving and loading ----------------------------------------------------------------
     def save_pretrained(
-        self, save_directory: str | os.PathLike, include_prompt_source: bool = False, is_main_process: bool = True, **_
+        self,
+        save_directory: str | os.PathLike,
+        include_prompt_source: bool = False,
+        is_main_process: bool = True,
+        selected_adapters: list[str] | None = None,
+        **_,
     ) -> None:
-        """Write the adapter folder atomically. `include_prompt_source` adds the full encoder for resuming."""
-        if is_main_process:
-            adapters.write_folder_atomically(save_directory, lambda folder: self.write_adapter_files(folder, include_prompt_source))
+        """Write adapter folders atomically, in PEFT's layout: "default" in `save_directory`, any other
+        adapter in `save_directory/<name>`. `include_prompt_source` adds the full encoder for resuming."""
+        if not is_main_process:
+            return
+        names = list(self.peft_config) if selected_adapters is None else list(selected_adapters)
+        for name in names:
+            self.check_known(name)
+        for name in sorted(names, key=lambda n: n != "default"):  # the root folder first, sub-folders into it
+            folder = Path(save_directory) if name == "default" else Path(save_directory) / name
+            adapters.write_folder_atomically(folder, lambda staging: self.write_adapter_files(staging, include_prompt_source, name))
 
-    def write_adapter_files(self, folder, include_prompt_source: bool = False) -> None:
-        """The adapter's files, written into an existing folder (callers make that atomic)."""
+    def write_adapter_files(self, folder, include_prompt_source: bool = False, adapter_name: str | None = None) -> None:
+        """An adapter's files (default: the active one), written into an existing folder (callers make that atomic)."""
+        name = adapter_name or self.active_name()
         with torch.no_grad():  # as at inference: an LSTM's no-grad kernel differs in the last bits
-            table = self.prompt_table().float()
+            table = self.prompt_table(name).float()
         adapters.save_tensors({adapters.TABLE_KEY: table}, Path(folder) / adapters.WEIGHTS_NAME)
         if include_prompt_source:
-            adapters.save_tensors(dict(self.prompt_source.state_dict()), Path(folder) / adapters.SOURCE_NAME)
-        saved = dataclasses.replace(self.config_, inference_mode=True)  # the file holds the collapsed table
+            adapters.save_tensors(dict(self.prompt_encoder[name].state_dict()), Path(folder) / adapters.SOURCE_NAME)
+        saved = dataclasses.replace(self.peft_config[name], inference_mode=True)  # the file holds the collapsed table
         saved.save_pretrained(folder)
 
     @classmethod
@@ -232,40 +408,51 @@ class PeftModel(nn.Module):
         cls, model: nn.Module, model_id: str | os.PathLike, adapter_name: str = "default", is_trainable: bool = False, **hub_kwargs
     ) -> "PeftModel":
         """Attach a saved adapter (ours or PEFT's, local folder or hub repo) to `model`."""
-        config = PromptLearningConfig.from_pretrained(model_id, **hub_kwargs)
-        config.inference_mode = not is_trainable
-        table = adapters.read_adapter_table(model_id, **hub_kwargs).float()
-        source_class = source_class_for(config)
-        shape = probe_shape(model)
-        check_config_fits(config, shape, model_id)
-        config.fill_model_fields(shape)
-        full_source = source_class(config, shape, None)  # not initialised from the model
-        source_state = adapters.read_prompt_source(model_id, **hub_kwargs) if is_trainable else None
-        if source_state is not None:  # resume training with the full source, encoder included
-            try:
-                full_source.load_state_dict(source_state)
-            except RuntimeError as error:
-                raise adapters.AdapterError(
-                    f"{adapters.SOURCE_NAME} in {model_id} does not fit its adapter_config.json: {error}"
-                ) from error
-            prompt_source = full_source
-        else:
-            if is_trainable and has_encoder(full_source):
-                warnings.warn(
-                    f"{model_id} has no {adapters.SOURCE_NAME}: training continues from the collapsed prompt table, "
-                    "without the encoder it was trained with. Save with include_prompt_source=True to resume exactly."
-                )
-            prompt_source = PromptTable(table, source_class.injection)
-        wrapped = cls(model, config, adapter_name, prompt_source=prompt_source)
-        check_table_fits(table, config, wrapped)
-        wrapped.prompt_source.requires_grad_(is_trainable)
-        return wrapped
+        config, source = read_adapter(model, probe_shape(model), model_id, is_trainable, **hub_kwargs)
+        return cls(model, config, adapter_name, prompt_source=source)
 
     def push_to_hub(self, repo_id: str, private: bool | None = None, token: str | None = None, commit_message: str = "Upload prompt adapter") -> str:
-        """Upload the adapter as one commit (all files or none). Returns the commit URL."""
+        """Upload the active adapter as one commit (all files or none). Returns the commit URL."""
         with tempfile.TemporaryDirectory() as folder:
-            self.save_pretrained(os.path.join(folder, "adapter"))
+            self.save_pretrained(os.path.join(folder, "adapter"), selected_adapters=[self.active_name()])
             return adapters.upload_folder(os.path.join(folder, "adapter"), repo_id, private, token, commit_message)
+
+
+BASE_ADAPTER_METHODS = base_model_adapter_methods() - set(dir(PeftModel))
+
+
+def read_adapter(model: nn.Module, shape, model_id, is_trainable: bool, **hub_kwargs) -> tuple[PromptLearningConfig, nn.Module]:
+    """A saved adapter's config and prompt source, checked against the base model's shape.
+
+    Inference gets the collapsed table; training (`is_trainable`) gets the full source when the folder
+    has it (prompt_source.safetensors), so encoders resume exactly.
+    """
+    config = PromptLearningConfig.from_pretrained(model_id, **hub_kwargs)
+    config.inference_mode = not is_trainable
+    table = adapters.read_adapter_table(model_id, **hub_kwargs).float()
+    source_class = source_class_for(config)
+    check_config_fits(config, shape, model_id)
+    config.fill_model_fields(shape)
+    check_table_fits(table, config, shape, source_class.injection(shape).table_width())
+    full_source = source_class(config, shape, None)  # not initialised from the model
+    source_state = adapters.read_prompt_source(model_id, **hub_kwargs) if is_trainable else None
+    if source_state is not None:  # resume training with the full source, encoder included
+        try:
+            full_source.load_state_dict(source_state)
+        except RuntimeError as error:
+            raise adapters.AdapterError(
+                f"{adapters.SOURCE_NAME} in {model_id} does not fit its adapter_config.json: {error}"
+            ) from error
+        source = full_source
+    else:
+        if is_trainable and has_encoder(full_source):
+            warnings.warn(
+                f"{model_id} has no {adapters.SOURCE_NAME}: training continues from the collapsed prompt table, "
+                "without the encoder it was trained with. Save with include_prompt_source=True to resume exactly."
+            )
+        source = PromptTable(table, source_class.injection)
+    source.requires_grad_(is_trainable)
+    return config, source
 
 
 class PeftModelForCausalLM(PeftModel):
@@ -293,10 +480,9 @@ def check_config_fits(config: PromptLearningConfig, shape, model_id) -> None:
         )
 
 
-def check_table_fits(table: torch.Tensor, config: PromptLearningConfig, model: PeftModel) -> None:
-    expected = (config.num_virtual_tokens, model.injection.table_width())
+def check_table_fits(table: torch.Tensor, config: PromptLearningConfig, shape, width: int) -> None:
+    expected = (config.num_virtual_tokens, width)
     if tuple(table.shape) != expected:
-        shape = model.shape
         raise adapters.AdapterError(
             f"The adapter's prompt_embeddings has shape {tuple(table.shape)}, but this base model needs {expected} "
             f"(num_virtual_tokens={config.num_virtual_tokens}; model: hidden={shape.hidden_size}, layers={shape.num_layers}, "
@@ -327,7 +513,12 @@ class AutoPeftModelForCausalLM:
 
     @classmethod
     def from_pretrained(
-        cls, pretrained_model_name_or_path: str | os.PathLike, is_trainable: bool = False, base_model=None, **model_kwargs
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        is_trainable: bool = False,
+        base_model=None,
+        adapter_name: str = "default",
+        **model_kwargs,
     ) -> PeftModel:
         from .models import load_base_model
 
@@ -339,4 +530,6 @@ class AutoPeftModelForCausalLM:
                     "Load the base model yourself and use PeftModel.from_pretrained(model, adapter_dir)."
                 )
             base_model = load_base_model(config.base_model_name_or_path, **model_kwargs)
-        return PeftModelForCausalLM.from_pretrained(base_model, pretrained_model_name_or_path, is_trainable=is_trainable)
+        return PeftModelForCausalLM.from_pretrained(
+            base_model, pretrained_model_name_or_path, adapter_name=adapter_name, is_trainable=is_trainable
+        )
