@@ -26,9 +26,8 @@ METHODS = ["prompt_tuning", "p_tuning", "prefix_tuning"]
 
 
 def train_and_score(method: str, seed: int, overrides: dict, runs: Path) -> dict:
-    from softprompt.evaluate import load_for_inference
+    from softprompt import Predictor
     from softprompt.data import load_table
-    from softprompt.evaluate import score_labels
     from softprompt.train import TrainConfig, train
 
     output_dir = runs / f"{method}-seed{seed}"
@@ -37,9 +36,9 @@ def train_and_score(method: str, seed: int, overrides: dict, runs: Path) -> dict
     started = time.time()
     train(config)
     seconds = time.time() - started
-    model, encoder = load_for_inference(str(output_dir / "adapter"))
-    examples = encoder.encode_table(load_table(str(DEV)))
-    scores = score_labels(model, encoder, examples, 16, progress=False)  # [400, classes] label log-likelihoods
+    predictor = Predictor.from_pretrained(str(output_dir / "adapter"), device="cpu")
+    encoder = predictor.task()
+    scores = torch.stack(predictor.scores(load_table(str(DEV)).rows))  # [400, classes] label log-likelihoods
     return {
         "method": method,
         "seed": seed,

@@ -42,7 +42,7 @@ def main() -> None:
     if not DEV.is_file():
         print(f"skipped: {DATA} is absent (the benchmark reads ../shared/data/twitter_complaints)")
         return
-    from softprompt.evaluate import ensemble_probabilities
+    from softprompt import Predictor
 
     runs = Path(args.runs)
     teachers = [runs / f"{args.method}-seed{seed}" / "adapter" for seed in (42, 43, 44, 45, 46)]
@@ -54,8 +54,9 @@ def main() -> None:
     pool = [row for row in read_csv(DATA / "test.csv") if row["Tweet text"] not in dev_texts]
     random.Random(0).shuffle(pool)
     pool = pool[: args.pool]
-    encode = lambda encoder: [encoder.encode(row, "test.csv", n + 2, labelled=False) for n, row in enumerate(pool)]
-    probabilities, encoder = ensemble_probabilities([str(t) for t in teachers], encode, 16)  # [pool, K]
+    predictor = Predictor.from_pretrained([str(t) for t in teachers], device="cpu")  # one base model, five prompts
+    probabilities = predictor.ensemble_probabilities(pool, predictor.adapter_names, progress=True)  # [pool, K]
+    encoder = predictor.task()
     complaint = encoder.class_names.index("complaint")
     order = probabilities[:, complaint].argsort(descending=True).tolist()
     label_ids = {"complaint": 1, "no complaint": 2}  # the dataset's ClassLabel ids

@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from softprompt import cli, model as model_module, train as train_module
 from softprompt.train import TrainConfig, TrainingDiverged, train
 from softprompt.data import Example
+from softprompt.task import read_task
 from tiny_run import run_config, toy_rows, write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -168,22 +169,24 @@ def test_the_task_of_a_pushed_adapter_comes_from_the_hub(trained_run, monkeypatc
         return str(adapter / filename)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
-    assert train_module.read_task("me/tweets").label_names == ["Unlabeled", "complaint", "no complaint"]
+    assert read_task("me/tweets").label_names == ["Unlabeled", "complaint", "no complaint"]
     assert asked == [("me/tweets", "task.json")]
 
 
 def test_python_api_classifies_like_the_cli(trained_run):
-    from softprompt.evaluate import ensemble_probabilities, load_for_inference, score_labels
+    from softprompt import Predictor
+    from softprompt.evaluate import score_labels
 
     adapter = str(trained_run / "run" / "adapter")
-    model, encoder = load_for_inference(adapter)
-    examples = [encoder.encode({"Tweet text": "my order never arrived"}, labelled=False)]
-    probabilities = score_labels(model, encoder, examples, progress=False).softmax(-1)  # [1, 2]
+    predictor = Predictor.from_pretrained(adapter)
+    probabilities = predictor.probabilities(["my order never arrived"])  # [1, 2]
     done = run_cli(["predict", adapter, "my order never arrived"])
     row = json.loads(done.stdout)
     assert probabilities[0].tolist() == pytest.approx([row["p(complaint)"], row["p(no complaint)"]], abs=1e-4)
-    alone, _ = ensemble_probabilities([adapter], lambda enc: examples, 16, progress=False)
-    assert torch.allclose(alone, probabilities)
+    # the same numbers as the training loop's scorer
+    encoder = predictor.task()
+    examples = [encoder.encode({"Tweet text": "my order never arrived"}, labelled=False)]
+    torch.testing.assert_close(score_labels(predictor.model, encoder, examples, progress=False).softmax(-1), probabilities)
 
 
 def test_cli_errors_are_clear(tmp_path):

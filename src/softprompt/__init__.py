@@ -14,6 +14,7 @@ from .methods import (
 )
 from .model import AutoPeftModelForCausalLM, PeftModel, PeftModelForCausalLM, get_peft_model
 from .models import DEFAULT_MODEL, ModelNotFoundError, load_base_model, load_tokenizer
+from .predictor import Predictor
 
 __version__ = "0.1.0"
 
@@ -27,6 +28,7 @@ __all__ = [
     "PeftModel",
     "PeftModelForCausalLM",
     "PeftType",
+    "Predictor",
     "PrefixTuningConfig",
     "PromptEncoderConfig",
     "PromptEncoderReparameterizationType",

@@ -50,25 +50,31 @@ def command_train(args, extra) -> int:
     return 0 if final is not None else 1
 
 
+def load_predictor(args):
+    from .predictor import Predictor
+
+    adapters = [args.adapter, *args.ensemble]
+    return Predictor.from_pretrained(adapters, device=args.device, dtype=args.dtype, batch_size=args.batch_size)
+
+
 def command_eval(args, extra) -> int:
     from .data import load_table
-    from .evaluate import classification_metrics, classify_by_generation, ensemble_probabilities, load_for_inference
+    from .evaluate import classification_metrics
 
+    if args.ensemble and args.method == "generation":
+        raise ValueError("--ensemble averages label scores: use it with --method scoring.")
     table = load_table(args.data, args.dataset_config, args.split)
-    if args.method == "generation":
-        if args.ensemble:
-            raise ValueError("--ensemble averages label scores: use it with --method scoring.")
-        model, encoder = load_for_inference(args.adapter)
-        examples = encoder.encode_table(table)
-        predicted, _ = classify_by_generation(model, encoder, examples, args.batch_size)
-    else:
-        encode = lambda encoder: encoder.encode_table(table)
-        probabilities, encoder = ensemble_probabilities([args.adapter, *args.ensemble], encode, args.batch_size)
-        examples = encoder.encode_table(table)
-        predicted = probabilities.argmax(-1).tolist()
-    metrics = classification_metrics([e.label for e in examples], predicted, encoder.class_names)
+    predictor = load_predictor(args)
+    members = predictor.adapter_names
+    encoder = predictor.task(members[0])
+    gold = [e.label for e in encoder.encode_table(table)]  # checks every row has a label
+    predictions = predictor.classify(
+        table.rows, ensemble=members if len(members) > 1 else None, method=args.method, progress=True
+    )
+    predicted = [encoder.class_names.index(p["label"]) if p["label"] is not None else -1 for p in predictions]
+    metrics = classification_metrics(gold, predicted, encoder.class_names)
     metrics["method"] = args.method
-    metrics["adapters"] = 1 + len(args.ensemble)
+    metrics["adapters"] = len(members)
     print(json.dumps(metrics, indent=1))
     if args.output:
         Path(args.output).write_text(json.dumps(metrics, indent=1))
@@ -103,31 +109,27 @@ def write_predictions(rows: list[dict], output: str | None) -> None:
 
 
 def command_predict(args, extra) -> int:
-    import torch
-
-    from .evaluate import ensemble_probabilities, load_for_inference
-    from .train import read_task
-
-    rows = read_predict_rows(args, read_task(args.adapter).text_columns[0])
-    origin = args.input or "text"
-    if args.generate:
-        if args.ensemble:
-            raise ValueError("--ensemble averages label scores: it does not combine with --generate.")
-        model, encoder = load_for_inference(args.adapter)
-        tokenizer = encoder.tokenizer
-        for n, row in enumerate(rows):
-            prompt_ids = encoder.encode(row, origin, n + 1, labelled=False).prompt_ids
-            ids = model.generate(
-                input_ids=torch.tensor([prompt_ids]), max_new_tokens=args.max_new_tokens,
-                do_sample=False, pad_token_id=tokenizer.pad_token_id,
-            )
-            row["generated"] = tokenizer.decode(ids[0, len(prompt_ids):], skip_special_tokens=True)
+    if args.generate and args.ensemble:
+        raise ValueError("--ensemble averages label scores: it does not combine with --generate.")
+    predictor = load_predictor(args)
+    name = predictor.adapter_names[0]
+    if args.generate and not args.template:
+        # a text on the command line (or a line of stdin) is the whole prompt, used as written
+        rows = read_predict_rows(args, "text")
+        texts = [row["text"] if "text" in row else row for row in rows]
+        for row, text in zip(rows, predictor.generate(texts, name, max_new_tokens=args.max_new_tokens)):
+            row["generated"] = text
+        write_predictions(rows, args.output)
+        return 0
+    rows = read_predict_rows(args, predictor.task(name).spec.text_columns[0])
+    if args.generate:  # --template: each text fills the adapter's template
+        for row, text in zip(rows, predictor.generate([dict(row) for row in rows], name, max_new_tokens=args.max_new_tokens)):
+            row["generated"] = text
     else:
-        encode = lambda encoder: [encoder.encode(row, origin, n + 1, labelled=False) for n, row in enumerate(rows)]
-        probabilities, encoder = ensemble_probabilities([args.adapter, *args.ensemble], encode, args.batch_size, progress=False)
-        for row, probability in zip(rows, probabilities):  # probability: [K]
-            row["label"] = encoder.class_names[int(probability.argmax())]
-            row.update({f"p({name})": round(float(p), 4) for name, p in zip(encoder.class_names, probability)})
+        ensemble = predictor.adapter_names if args.ensemble else None
+        for row, prediction in zip(rows, predictor.classify(rows, name, ensemble=ensemble)):
+            row["label"] = prediction["label"]
+            row.update({f"p({c})": round(p, 4) for c, p in prediction["probabilities"].items()})
     write_predictions(rows, args.output)
     return 0
 
@@ -158,7 +160,7 @@ def command_info(args, extra) -> int:
 
 def command_push(args, extra) -> int:
     from .adapters import read_adapter_config, read_adapter_table, upload_folder
-    from .train import read_task
+    from .task import read_task
 
     folder = Path(args.adapter)
     if not folder.is_dir():
@@ -192,6 +194,11 @@ DEMO_TEXTS = [
 ]
 
 
+def add_device_options(parser) -> None:
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps or auto (default: CUDA if present, else CPU)")
+    parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: as the model was saved)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="softprompt", description="Prompt tuning, p-tuning and prefix tuning for frozen causal LMs.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -214,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--ensemble", nargs="+", default=[], metavar="ADAPTER",
                           help="more adapters for the same labels (e.g. other seeds): average their class probabilities")
     evaluate.add_argument("--batch-size", type=int, default=16)
+    add_device_options(evaluate)
     evaluate.add_argument("--output", help="also write the metrics JSON here")
     evaluate.set_defaults(run=command_eval)
 
@@ -222,11 +230,15 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("texts", nargs="*", help="texts to classify")
     predict.add_argument("--input", help="CSV/JSONL file with the task's text column(s), or - for stdin (one text or JSON object a line)")
     predict.add_argument("--output", help="write CSV (.csv) or JSONL (other names); default JSONL on stdout")
-    predict.add_argument("--generate", action="store_true", help="generate free text after the prompt instead of classifying")
+    predict.add_argument("--generate", action="store_true",
+                         help="generate text instead of classifying; each text is the whole prompt, used as written")
+    predict.add_argument("--template", action="store_true",
+                         help="with --generate: fill each text (or row) into the adapter's template first, as classification does")
     predict.add_argument("--max-new-tokens", type=int, default=20, help="with --generate")
     predict.add_argument("--ensemble", nargs="+", default=[], metavar="ADAPTER",
                           help="more adapters for the same labels (e.g. other seeds): average their class probabilities")
     predict.add_argument("--batch-size", type=int, default=16)
+    add_device_options(predict)
     predict.set_defaults(run=command_predict)
 
     info = commands.add_parser("info", help="method, base model and sizes of an adapter")

@@ -1,5 +1,4 @@
-"""Classification with a prompted model: loading a trained adapter, label scoring (rank classification),
-ensembles of adapters, generation, and metrics."""
+"""Classification with a prompted model: label scoring (rank classification), generation, and metrics."""
 
 from __future__ import annotations
 
@@ -10,56 +9,35 @@ from .data import Encoder, Example, pad_left, sorted_batches
 
 
 @torch.no_grad()
-def score_labels(model, encoder: Encoder, examples: list[Example], batch_size: int = 16, progress: bool = True) -> torch.Tensor:
-    """Log-likelihood of each class's verbalized label (and EOS) after each prompt: [N, K].
+def score_rows(
+    model, prompts: list[list[int]], continuations: list[list[list[int]]], pad_id: int,
+    adapter_names: list[str | None] | None = None, batch_size: int = 16, progress: bool = True,
+) -> torch.Tensor:
+    """Summed log-likelihood of each row's continuations after its prompt: [N, max K] (-inf past a row's own K).
 
-    Each prompt runs once; the K labels continue from its cache (see PeftModel.score_continuations).
+    Rows may each have their own adapter and their own continuations (e.g. several tasks in one stream);
+    batches group rows of similar length, whatever their adapters. Each prompt runs once and its
+    continuations run from its cache (see PeftModel.score_continuations).
     """
-    targets = [encoder.target_ids(k) for k in range(len(encoder.class_names))]
-    scores = torch.empty(len(examples), len(targets))
-    pad_id = encoder.tokenizer.pad_token_id
+    scores = torch.full((len(prompts), max(len(c) for c in continuations)), float("-inf"))
     model.eval()
-    batches = sorted_batches([len(e.prompt_ids) for e in examples], batch_size)
-    for batch in tqdm(batches, desc="scoring labels", disable=not progress, leave=False):
-        prompts = [examples[i].prompt_ids for i in batch]
-        input_ids = pad_left(prompts, pad_id).to(model.device)
-        attention_mask = pad_left([[1] * len(p) for p in prompts], 0).to(model.device)
-        scores[batch] = model.score_continuations(input_ids, attention_mask, targets).cpu()
+    for batch in tqdm(sorted_batches([len(p) for p in prompts], batch_size), desc="scoring labels", disable=not progress, leave=False):
+        input_ids = pad_left([prompts[i] for i in batch], pad_id).to(model.device)
+        attention_mask = pad_left([[1] * len(prompts[i]) for i in batch], 0).to(model.device)
+        names = None if adapter_names is None else [adapter_names[i] for i in batch]
+        batch_scores = model.score_continuations(input_ids, attention_mask, [continuations[i] for i in batch], names)
+        scores[batch, : batch_scores.shape[1]] = batch_scores.cpu()
     return scores
 
 
-def load_for_inference(adapter: str):
-    """(model, encoder) from an adapter folder (or Hub repo) written by softprompt train: base model, prompt, task."""
-    from .model import AutoPeftModelForCausalLM
-    from .models import load_tokenizer
-    from .train import read_task  # train imports this module: import late
-
-    model = AutoPeftModelForCausalLM.from_pretrained(adapter)
-    model.eval()
-    tokenizer = load_tokenizer(model.active_peft_config.base_model_name_or_path)
-    spec = read_task(adapter)
-    return model, Encoder(tokenizer, spec, spec.label_names)
-
-
-def ensemble_probabilities(adapters: list[str], encode, batch_size: int, progress: bool = True):
-    """Class probabilities averaged over adapters (an ensemble of, e.g., several seeds): ([N, K], first encoder).
-
-    `encode(encoder)` turns the rows into examples with each adapter's own template; the adapters must share
-    their classes. Adapters load one at a time, so memory stays that of one model.
-    """
-    total, first = None, None
-    for adapter in adapters:
-        model, encoder = load_for_inference(adapter)
-        if first is not None and encoder.class_names != first.class_names:
-            raise ValueError(
-                f"Adapter {adapter} has classes {encoder.class_names}, but {adapters[0]} has {first.class_names}: "
-                "an ensemble needs adapters trained for the same labels."
-            )
-        probabilities = score_labels(model, encoder, encode(encoder), batch_size, progress).softmax(-1)  # [N, K]
-        total = probabilities if total is None else total + probabilities
-        first = first or encoder
-        del model
-    return total / len(adapters), first
+def score_labels(
+    model, encoder: Encoder, examples: list[Example], batch_size: int = 16, progress: bool = True, adapter_name: str | None = None
+) -> torch.Tensor:
+    """Log-likelihood of each class's verbalized label (and EOS) after each prompt: [N, K]."""
+    targets = [encoder.target_ids(k) for k in range(len(encoder.class_names))]
+    names = None if adapter_name is None else [adapter_name] * len(examples)
+    prompts = [e.prompt_ids for e in examples]
+    return score_rows(model, prompts, [targets] * len(examples), encoder.tokenizer.pad_token_id, names, batch_size, progress)
 
 
 def match_label(text: str, label_texts: list[str]) -> int:
@@ -74,7 +52,7 @@ def match_label(text: str, label_texts: list[str]) -> int:
 
 @torch.no_grad()
 def classify_by_generation(
-    model, encoder: Encoder, examples: list[Example], batch_size: int = 16, progress: bool = True
+    model, encoder: Encoder, examples: list[Example], batch_size: int = 16, progress: bool = True, adapter_name: str | None = None
 ) -> tuple[list[int], list[str]]:
     """Greedy generation after each prompt, mapped back to a class (-1: matched no label)."""
     tokenizer = encoder.tokenizer
@@ -90,6 +68,7 @@ def classify_by_generation(
         output = model.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,
+            adapter_names=None if adapter_name is None else [adapter_name] * len(batch),
             max_new_tokens=max_new,
             do_sample=False,
             eos_token_id=tokenizer.eos_token_id,

@@ -31,8 +31,8 @@ from .evaluate import classification_metrics, classify_by_generation, score_labe
 from .methods import config_class_for
 from .model import PeftModel, get_peft_model
 from .models import DEFAULT_MODEL, load_base_model, load_tokenizer
+from .task import write_task
 
-TASK_NAME = "task.json"
 STATE_NAME = "trainer_state.json"
 OPTIMIZER_NAME = "optimizer.safetensors"
 
@@ -227,24 +227,6 @@ def save_checkpoint(folder: Path, model: PeftModel, encoder: Encoder, optimizer,
         adapters.atomic_write_bytes(staging / STATE_NAME, json.dumps(payload, indent=1).encode())
 
     adapters.write_folder_atomically(folder, write)
-
-
-def write_task(folder: Path, encoder: Encoder) -> None:
-    """What prediction needs besides the adapter: template, label names and their texts."""
-    spec = dataclasses.asdict(encoder.spec)
-    spec["label_names"] = encoder.names
-    adapters.atomic_write_bytes(Path(folder) / TASK_NAME, json.dumps(spec, indent=1).encode())
-
-
-def read_task(folder: str | os.PathLike) -> TaskSpec:
-    path = adapters.local_or_hub_file(folder, TASK_NAME, required=False)  # clear error if the folder is missing
-    if path is None:
-        raise adapters.AdapterError(
-            f"{folder} has no {TASK_NAME}: it holds a prompt adapter but not the task (template, labels). "
-            "Adapters written by `softprompt train` have it; for one from elsewhere (e.g. PEFT), write a task.json there with "
-            "the fields of softprompt.data.TaskSpec (text_columns, label_column, label_names, verbalizer, template, max_length)."
-        )
-    return TaskSpec(**json.loads(path.read_text()))
 
 
 # ---- the loop ------------------------------------------------------------------------------
@@ -474,4 +456,4 @@ def crash_for_tests(epoch: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-__all__ = ["DataError", "TrainConfig", "TrainingDiverged", "read_task", "train"]
+__all__ = ["DataError", "TrainConfig", "TrainingDiverged", "train"]

@@ -1,0 +1,303 @@
+"""Inference with trained prompts: one frozen base model, any number of adapters, each with its task.
+
+    from softprompt import Predictor
+
+    predictor = Predictor.from_pretrained({"complaints": "runs/pt/adapter", "hate": "me/hate-prompt"})
+    predictor.classify(["my parcel never arrived"], adapter="complaints")
+    # [{'adapter': 'complaints', 'label': 'complaint', 'probabilities': {'complaint': 0.91, 'no complaint': 0.09}}]
+    predictor.classify(["my parcel never arrived", "you people are vile"], adapter=["complaints", "hate"])  # one batch
+    predictor.generate(["Tweet: my parcel never arrived\nAnswer:"], adapter="complaints", max_new_tokens=5)
+
+Inputs to `classify` are texts (the task's first text column) or rows (dicts of text columns); both go
+through the adapter's template. `generate` takes the same rows through the template, but a plain text is
+a complete prompt and is used as written: it is never wrapped in the template.
+The CLI, the server and the benchmarks are thin layers over this class.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import PromptLearningConfig
+from .data import DataError, Encoder, Example, pad_left, sorted_batches
+from .evaluate import classify_by_generation, score_rows
+from .model import PeftModel, PeftModelForCausalLM
+from .task import MISSING_TASK_HINT, load_task
+
+DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+}
+
+
+def parse_dtype(dtype) -> torch.dtype | None:
+    """None, a torch.dtype, or a name such as "float32", "bf16", "float16"."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if str(dtype).lower() not in DTYPES:
+        raise ValueError(f"Unknown dtype {dtype!r}. Use one of {', '.join(DTYPES)}.")
+    return DTYPES[str(dtype).lower()]
+
+
+def parse_device(device) -> torch.device:
+    """None or "auto": CUDA when there is one, else the CPU; otherwise any torch device string."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(f"Unknown device {device!r} ({error}). Use cpu, cuda, cuda:1, mps or auto.") from error
+
+
+def name_adapters(adapters) -> dict[str, str]:
+    """{name: location} from a dict, one location, or a list of them (named after their folders or repo ids)."""
+    if isinstance(adapters, dict):
+        return {str(name): str(location) for name, location in adapters.items()}
+    locations = [adapters] if isinstance(adapters, (str, os.PathLike)) else list(adapters)
+    names: dict[str, str] = {}
+    for location in locations:
+        path = Path(location)
+        base = path.parent.name if path.name == "adapter" and path.parent.name else path.name  # runs/pt-42/adapter -> pt-42
+        if not Path(location).exists() and str(location).count("/") == 1:
+            base = str(location)  # a hub id keeps its owner
+        base = (base or "adapter").replace(".", "-")
+        name, n = base, 2
+        while name in names:
+            name, n = f"{base}-{n}", n + 1
+        names[name] = str(location)
+    return names
+
+
+class Predictor:
+    """One frozen base model with several adapters and their tasks; label scoring, ensembles and generation."""
+
+    def __init__(self, model: PeftModel, tokenizer, batch_size: int = 16):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.tasks: dict[str, Encoder | None] = {}  # adapter name -> its task (None: generation only)
+
+    @classmethod
+    def from_pretrained(
+        cls, adapters, base_model: str | nn.Module | None = None, tokenizer=None, device=None, dtype=None, batch_size: int = 16
+    ) -> "Predictor":
+        """Load adapters (folders or Hub ids; a dict names them) on the base model the first one names, loaded once.
+
+        device: "cpu", "cuda", "auto" (default: CUDA if present); dtype: e.g. "float32" or "bfloat16"
+        (default: as the model was saved).
+        """
+        from .models import load_base_model, load_tokenizer
+
+        named = name_adapters(adapters)
+        if not named:
+            raise ValueError("Predictor needs at least one adapter (a folder written by softprompt train, or a Hub id).")
+        first_name, first = next(iter(named.items()))
+        if base_model is None or isinstance(base_model, (str, os.PathLike)):
+            base_name = str(base_model or PromptLearningConfig.from_pretrained(first).base_model_name_or_path or "")
+            if not base_name:
+                raise ValueError(f"{first} does not name its base model: pass base_model=.")
+            dtype = parse_dtype(dtype)
+            base_model = load_base_model(base_name, **({"dtype": dtype} if dtype is not None else {}))
+        elif dtype is not None:
+            base_model = base_model.to(parse_dtype(dtype))
+        base_model = base_model.to(parse_device(device))
+        tokenizer = tokenizer or load_tokenizer(base_model.name_or_path)
+        predictor = cls(PeftModelForCausalLM.from_pretrained(base_model, first, adapter_name=first_name), tokenizer, batch_size)
+        predictor.tasks[first_name] = load_task(first, tokenizer, required=False)
+        for name, location in list(named.items())[1:]:
+            predictor.load_adapter(location, name)
+        return predictor
+
+    # ---- adapters ----------------------------------------------------------------------------
+    @property
+    def adapter_names(self) -> list[str]:
+        return list(self.model.peft_config)
+
+    def load_adapter(self, location: str | os.PathLike, name: str | None = None) -> str:
+        """Load one more adapter (and its task.json, if any) onto the same base model. Returns its name.
+
+        A missing, damaged or wrong-model adapter is refused with the reason; the loaded ones are untouched.
+        """
+        name = name or next(iter(name_adapters([location])))
+        task = load_task(location, self.tokenizer, required=False)  # read before anything changes
+        self.model.load_adapter(location, name)
+        self.tasks[name] = task
+        ours = self.model.base_model.name_or_path
+        theirs = self.model.peft_config[name].base_model_name_or_path
+        if theirs and ours and theirs != ours:
+            warnings.warn(f"Adapter {name!r} was trained on {theirs!r}; it fits, and runs on {ours!r}.")
+        return name
+
+    def unload_adapter(self, name: str) -> None:
+        self.model.check_known(name)
+        if len(self.model.peft_config) == 1:
+            raise ValueError(f"{name!r} is the last adapter: a Predictor keeps at least one.")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "was active": the Predictor names adapters on every call
+            self.model.delete_adapter(name)
+        del self.tasks[name]
+
+    def task(self, adapter: str | None = None) -> Encoder:
+        name = self.resolve(adapter)
+        if self.tasks[name] is None:
+            raise ValueError(
+                f"Adapter {name!r} has no task.json (template and labels), so it cannot classify; it can generate. "
+                + MISSING_TASK_HINT
+            )
+        return self.tasks[name]
+
+    def resolve(self, adapter: str | None) -> str:
+        """An adapter name, checked; None means the only adapter (or the first loaded)."""
+        if adapter is None:
+            return self.adapter_names[0]
+        self.model.check_known(adapter)
+        return adapter
+
+    def row_adapters(self, adapter, count: int) -> list[str]:
+        if adapter is None or isinstance(adapter, str):
+            return [self.resolve(adapter)] * count
+        if len(adapter) != count:
+            raise ValueError(f"adapter has {len(adapter)} names for {count} inputs: give one name, or one per input.")
+        return [self.resolve(name) for name in adapter]
+
+    # ---- inputs ------------------------------------------------------------------------------
+    def examples(self, inputs, names: list[str]) -> list[Example]:
+        """Texts or rows -> token ids through each row's adapter's template."""
+        examples = []
+        for n, (item, name) in enumerate(zip(inputs, names)):
+            encoder = self.task(name)
+            row = {encoder.spec.text_columns[0]: item} if isinstance(item, str) else item
+            if not isinstance(row, dict):
+                raise DataError(f"input {n}: expected a text or an object of text columns, got {type(item).__name__}.")
+            examples.append(encoder.encode(row, "input", n, labelled=False))
+        return examples
+
+    # ---- classification ----------------------------------------------------------------------
+    def scores(self, inputs, adapter=None, progress: bool = False) -> list[torch.Tensor]:
+        """Log-likelihood of each class label per input: a list of [K] tensors (rows of different tasks differ in K)."""
+        inputs = [inputs] if isinstance(inputs, (str, dict)) else list(inputs)
+        names = self.row_adapters(adapter, len(inputs))
+        if not inputs:
+            return []
+        examples = self.examples(inputs, names)
+        targets = {name: [self.task(name).target_ids(k) for k in range(len(self.task(name).class_names))] for name in set(names)}
+        scores = score_rows(
+            self.model, [e.prompt_ids for e in examples], [targets[name] for name in names], self.tokenizer.pad_token_id,
+            names, self.batch_size, progress,
+        )  # [N, max K]
+        return [row[: len(targets[name])] for row, name in zip(scores, names)]
+
+    def probabilities(self, inputs, adapter: str | None = None, progress: bool = False) -> torch.Tensor:
+        """Class probabilities [N, K] of one adapter's task (order: `self.task(adapter).class_names`)."""
+        rows = self.scores(inputs, self.resolve(adapter), progress)
+        return torch.stack(rows).softmax(-1) if rows else torch.empty(0, len(self.task(adapter).class_names))
+
+    def ensemble_probabilities(self, inputs, adapters: list[str], progress: bool = False) -> torch.Tensor:
+        """The mean of several adapters' class probabilities [N, K] (e.g. seeds of one config), on one base model.
+
+        Each member reads the inputs through its own template; all must have the same classes.
+        """
+        adapters = [self.resolve(name) for name in adapters]
+        first = self.task(adapters[0]).class_names
+        for name in adapters[1:]:
+            if self.task(name).class_names != first:
+                raise ValueError(
+                    f"Adapter {name!r} has classes {self.task(name).class_names}, but {adapters[0]!r} has {first}: "
+                    "an ensemble needs adapters trained for the same labels."
+                )
+        return torch.stack([self.probabilities(inputs, name, progress) for name in adapters]).mean(0)
+
+    def classify(self, inputs, adapter=None, ensemble: list[str] | None = None, method: str = "scoring", progress: bool = False) -> list[dict]:
+        """Label and class probabilities per input: [{"adapter", "label", "probabilities": {class: p}}, ...].
+
+        adapter: one name for every input, or one per input (any mix of tasks in one call).
+        ensemble: average these adapters' probabilities instead (same classes).
+        method "generation": greedy text mapped to a label (label None if it names none; no probabilities).
+        """
+        inputs = [inputs] if isinstance(inputs, (str, dict)) else list(inputs)
+        if ensemble:
+            if method != "scoring":
+                raise ValueError("An ensemble averages label scores: use method='scoring'.")
+            probabilities = self.ensemble_probabilities(inputs, ensemble, progress)
+            names = [self.resolve(ensemble[0])] * len(inputs)
+            return [self.prediction(name, p, "+".join(ensemble)) for name, p in zip(names, probabilities)]
+        names = self.row_adapters(adapter, len(inputs))
+        if method == "generation":
+            return self.classify_by_generation(inputs, names, progress)
+        if method != "scoring":
+            raise ValueError(f"method must be 'scoring' or 'generation', got {method!r}.")
+        return [self.prediction(name, s.softmax(-1), name) for name, s in zip(names, self.scores(inputs, names, progress))]
+
+    def prediction(self, name: str, probabilities: torch.Tensor, shown: str) -> dict:
+        classes = self.task(name).class_names
+        return {
+            "adapter": shown,
+            "label": classes[int(probabilities.argmax())],
+            "probabilities": {c: float(p) for c, p in zip(classes, probabilities)},
+        }
+
+    def classify_by_generation(self, inputs, names: list[str], progress: bool) -> list[dict]:
+        results: list[dict] = [{} for _ in inputs]
+        for name in dict.fromkeys(names):
+            rows = [i for i, n in enumerate(names) if n == name]
+            encoder = self.task(name)
+            predicted, texts = classify_by_generation(
+                self.model, encoder, self.examples([inputs[i] for i in rows], [name] * len(rows)), self.batch_size, progress, name
+            )
+            for i, label, text in zip(rows, predicted, texts):
+                results[i] = {"adapter": name, "label": encoder.class_names[label] if label >= 0 else None, "generated": text}
+        return results
+
+    # ---- generation --------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, inputs, adapter=None, max_new_tokens: int = 20, **generate_kwargs) -> list[str]:
+        """New text after each input. A text is the whole prompt, used as written; a row (dict of text columns)
+        is filled into its adapter's template first. `adapter`: one name, one per input, or None for the
+        first adapter; "__base__" runs the bare model. Other arguments go to transformers' `generate`
+        (do_sample, temperature, top_p, num_beams...; greedy by default)."""
+        inputs = [inputs] if isinstance(inputs, (str, dict)) else list(inputs)
+        names = self.generation_adapters(adapter, len(inputs))
+        prompts = [
+            self.tokenizer(item)["input_ids"] if isinstance(item, str) else self.examples([item], [name])[0].prompt_ids
+            for item, name in zip(inputs, names)
+        ]
+        return self.generate_ids(prompts, names, max_new_tokens=max_new_tokens, **generate_kwargs)
+
+    def generation_adapters(self, adapter, count: int) -> list[str | None]:
+        from .model import BASE_ADAPTER
+
+        if adapter is None or isinstance(adapter, str):
+            adapter = [adapter] * count
+        if len(adapter) != count:
+            raise ValueError(f"adapter has {len(adapter)} names for {count} inputs: give one name, or one per input.")
+        return [None if name == BASE_ADAPTER else self.resolve(name) for name in adapter]
+
+    @torch.no_grad()
+    def generate_ids(self, prompts: list[list[int]], names: list[str | None], skip_special_tokens: bool = True, **generate_kwargs) -> list:
+        """Batched generation from token ids, one adapter (or None) per row; returns the decoded new text
+        (a list of texts per prompt with num_return_sequences > 1)."""
+        generate_kwargs.setdefault("do_sample", False)
+        generate_kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
+        if not generate_kwargs["do_sample"]:  # greedy: drop sampling settings the model's config may carry
+            generate_kwargs.setdefault("temperature", None)
+            generate_kwargs.setdefault("top_p", None)
+            generate_kwargs.setdefault("top_k", None)
+        count = generate_kwargs.get("num_return_sequences") or 1
+        texts: list = [""] * len(prompts)
+        device = self.model.device
+        for batch in sorted_batches([len(p) for p in prompts], self.batch_size):
+            input_ids = pad_left([prompts[i] for i in batch], self.tokenizer.pad_token_id).to(device)
+            attention_mask = pad_left([[1] * len(prompts[i]) for i in batch], 0).to(device)
+            output = self.model.generate(
+                input_ids=input_ids, attention_mask=attention_mask, adapter_names=[names[i] for i in batch], **generate_kwargs
+            )
+            new = [self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens) for ids in output[:, input_ids.shape[1] :]]
+            for row, i in enumerate(batch):
+                texts[i] = new[row] if count == 1 else new[row * count : (row + 1) * count]
+        return texts
