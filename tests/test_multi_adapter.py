@@ -146,6 +146,7 @@ def test_loading_adapters_from_folders_into_one_model(arch, tmp_path):
             torch.testing.assert_close(loaded(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-5, rtol=0)
 
 
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")  # PEFT's call
 def test_peft_reads_a_multi_adapter_save(tmp_path):
     # PEFT holds several adapters of one method only ("Cannot combine adapters with different peft types")
     torch.manual_seed(3)
@@ -180,8 +181,10 @@ def test_delete_and_disable_adapters():
         with pytest.warns(UserWarning, match="pt was active"):
             model.delete_adapter("pt")
         assert model.active_adapter == "lstm" and "pt" not in model.prompt_encoder
-        for name in ["lstm", "prefix", "projection"]:
-            model.delete_adapter(name)
+        with pytest.warns(UserWarning, match="is now active"):
+            model.delete_adapter("lstm")
+            model.delete_adapter("prefix")
+        model.delete_adapter("projection")  # the last one: nothing becomes active
         assert model.active_adapter is None
         torch.testing.assert_close(model(input_ids=ids).logits, base)  # no adapters: the bare model
 

@@ -262,6 +262,35 @@ def test_every_shipped_config_is_valid(path):
     data.setdefault("train_file", "placeholder.csv")  # the demo config gets its files from the package
     config = TrainConfig.from_dict(data, origin=str(path))
     assert config.method_config().num_virtual_tokens >= 1
+    if "configs" in path.parts:  # paths are read from the config's folder: the shared data and ROOT/runs
+        config = TrainConfig.from_yaml(path)
+        assert Path(config.train_file) == ROOT.parent / "shared" / "data" / "twitter_complaints" / "train.csv"
+        assert Path(config.output_dir).parent == ROOT / "runs" / "twitter_complaints"
+
+
+def test_config_paths_are_read_from_the_config_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "project" / "configs"
+    folder.mkdir(parents=True)
+    write_csv(tmp_path / "project" / "train.csv", toy_rows(4, seed=1))
+    (tmp_path / "project" / "my-model").mkdir()
+    path = write_yaml(folder, {"train_file": "../train.csv", "output_dir": "../runs/a", "model": "../my-model"})
+    monkeypatch.chdir(tmp_path)  # anywhere else
+    config = TrainConfig.from_yaml(path)
+    assert config.train_file == str(tmp_path / "project" / "train.csv")
+    assert config.output_dir == str(tmp_path / "project" / "runs" / "a")
+    assert config.model == str(tmp_path / "project" / "my-model")
+    assert TrainConfig.from_yaml(write_yaml(folder, {"train_file": "x.csv", "model": "me/model"})).model == "me/model"  # a hub id
+    # command-line overrides are typed in the current folder and stay relative to it
+    assert TrainConfig.from_yaml(path, {"train_file": "other.csv"}).train_file == "other.csv"
+    with pytest.raises(ValueError, match="must be a YAML mapping"):
+        TrainConfig.from_yaml(write_yaml(folder, ["a", "b"], "list.yaml"))
+
+
+def test_package_metadata_uses_an_spdx_license_and_ships_the_text():
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "Apache-2.0" and project["license-files"] == ["LICENSE"]
+    assert "Apache License" in (ROOT / "LICENSE").read_text()
 
 
 def test_balance_classes_repeats_the_smaller_classes_each_epoch():

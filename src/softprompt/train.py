@@ -120,11 +120,14 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike, overrides: dict | None = None) -> "TrainConfig":
+        """A config file; its relative paths are read from the file's folder (overrides: from the current one)."""
         try:
             data = yaml.safe_load(Path(path).read_text()) or {}
         except (OSError, yaml.YAMLError) as error:
             raise ValueError(f"Could not read config {path}: {error}") from error
-        return cls.from_dict(data, overrides, origin=str(path))
+        if not isinstance(data, dict):
+            raise ValueError(f"Config {path} must be a YAML mapping of fields, found {type(data).__name__}.")
+        return cls.from_dict(paths_from(Path(path).absolute().parent, data), overrides, origin=str(path))
 
     @classmethod
     def from_dict(cls, data: dict, overrides: dict | None = None, origin: str = "config") -> "TrainConfig":
@@ -142,6 +145,23 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+PATH_FIELDS = ("train_file", "eval_file", "output_dir")  # always local paths
+MAYBE_PATH_FIELDS = ("model",)  # a local folder, or a name (hub id, smollm2-135m)
+
+
+def paths_from(folder: Path, data: dict) -> dict:
+    """The config's relative paths made absolute from `folder` (where the config file lies)."""
+    data = dict(data)
+    for name in PATH_FIELDS + MAYBE_PATH_FIELDS:
+        value = data.get(name)
+        if not isinstance(value, str) or not value or Path(value).expanduser().is_absolute():
+            continue
+        candidate = folder / value
+        if name in PATH_FIELDS or value.startswith(".") or candidate.exists():
+            data[name] = str(candidate.resolve())
+    return data
 
 
 # ---- data ----------------------------------------------------------------------------------
