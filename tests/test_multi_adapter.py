@@ -119,11 +119,30 @@ def test_prompt_states_are_cached_until_the_weights_change():
         model.prompt_encoder["prefix"].embedding.weight.add_(0.5)  # e.g. an optimizer step
         changed = model(input_ids=ids, adapter_names=["prefix"]).logits
     assert model.prompt_states("prefix") is not states
+    model.add_adapter("late", ADAPTERS["pt"]())  # added to a model in eval mode: cached too
+    assert not model.prompt_encoder["late"].training
+    with torch.no_grad():
+        assert model.prompt_states("late") is model.prompt_states("late")
     assert (changed - first).abs().max() > 1e-3
     model.train()  # training never uses the cache: gradients must reach the prompt
     model.prompt_encoder["prefix"].requires_grad_(True)
     model(input_ids=ids, labels=ids, adapter_names=["prefix"]).loss.backward()
     assert model.prompt_encoder["prefix"].embedding.weight.grad is not None
+
+
+def test_the_prompt_states_cache_keeps_to_its_byte_limit():
+    model = multi_adapter_model("llama_gqa")
+    with torch.no_grad():
+        sizes = {name: model.prompt_states(name).nbytes() for name in ADAPTERS}
+        model.states_cache.clear()
+        model.states_cache_limit = sizes["lstm"] + sizes["prefix"]
+        for name in ["pt", "lstm", "prefix"]:
+            model.prompt_states(name)
+        assert list(model.states_cache) == ["lstm", "prefix"] and model.prompt_cache_bytes() <= model.states_cache_limit
+        ids = torch.randint(3, 128, (2, 4))
+        evicted = model(input_ids=ids, adapter_names=["pt", "prefix"]).logits  # recomputed after eviction: same numbers
+        model.states_cache_limit = None
+        torch.testing.assert_close(evicted, model(input_ids=ids, adapter_names=["pt", "prefix"]).logits)
 
 
 @pytest.mark.parametrize("arch", ["llama_gqa", "gpt2"])

@@ -97,3 +97,19 @@ def test_peft_logits_agree_on_training_forward_loss(method):
         peft_loss = theirs(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels).loss
         our_loss = ours(input_ids=ids, labels=labels).loss
     torch.testing.assert_close(our_loss, peft_loss)
+
+
+def test_peft_loads_our_text_initialised_prompt(tmp_path):
+    from softprompt import PromptTuningConfig
+    from tiny_run import make_tiny_model_folder
+    from transformers import AutoModelForCausalLM
+
+    folder = make_tiny_model_folder(tmp_path / "model")
+    config = PromptTuningConfig(num_virtual_tokens=4, prompt_tuning_init="TEXT", prompt_tuning_init_text="great service")
+    ours = get_peft_model(AutoModelForCausalLM.from_pretrained(folder), config).eval()
+    ours.save_pretrained(tmp_path / "adapter")
+    saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert saved["tokenizer_name_or_path"] == str(folder)  # PEFT refuses TEXT init without one
+    theirs = peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(folder), tmp_path / "adapter").eval()
+    ids = torch.randint(3, 100, (1, 5))
+    torch.testing.assert_close(peft_logits(theirs, ids), our_logits(ours, ids), atol=1e-5, rtol=1e-5)

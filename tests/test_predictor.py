@@ -8,32 +8,14 @@ import torch
 from softprompt import AdapterError, Predictor, PrefixTuningConfig, get_peft_model
 from softprompt import models as models_module
 from softprompt.predictor import name_adapters, parse_dtype
-from softprompt.train import TrainConfig, train
 from test_workflow import run_cli
-from tiny_run import run_config
 
 TEXTS = ["my order never arrived", "thanks for the quick help", "@Shop3 wifi down all day", "love the new menu"]
 
 
 @pytest.fixture(scope="module")
-def adapters(tmp_path_factory):
-    """Three trained adapters on one tiny model: different methods, prompt lengths, templates and label words."""
-    tmp_path = tmp_path_factory.mktemp("predictor")
-    variants = {
-        "complaints": ("prompt_tuning", {"num_virtual_tokens": 4}, {}),
-        "yesno": (
-            "prefix_tuning", {"num_virtual_tokens": 2},
-            {"template": "Tweet: {Tweet text}\nComplaint?", "verbalizer": {"complaint": " yes", "no complaint": " no"}},
-        ),
-        "ptuning": ("p_tuning", {"num_virtual_tokens": 6, "encoder_hidden_size": 16}, {"template": "{Tweet text} =>"}),
-    }
-    folders = {}
-    for name, (method, options, task) in variants.items():
-        config = run_config(tmp_path, method, epochs=1, method_options=options, output_dir=str(tmp_path / name))
-        config["task"].update(task)
-        train(TrainConfig.from_dict(config))
-        folders[name] = str(tmp_path / name / "adapter")
-    return folders
+def adapters(trained_adapters):
+    return trained_adapters
 
 
 @pytest.fixture(scope="module")

@@ -45,6 +45,7 @@ def make_tiny_model_folder(folder: Path) -> Path:
     )
     tokenizer.train_from_iterator(corpus, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="<eos>")
+    fast.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}"
     fast.save_pretrained(folder)
     torch.manual_seed(0)
     config = LlamaConfig(

@@ -1,10 +1,11 @@
-"""The `softprompt` command: train, eval, predict, info, push, demo."""
+"""The `softprompt` command: train, eval, predict, info, push, serve, demo."""
 
 from __future__ import annotations
 
 import argparse
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -171,6 +172,14 @@ def command_push(args, extra) -> int:
     return 0
 
 
+def command_serve(args, extra) -> int:
+    from .serve import serve
+
+    serve(args.adapter, args.model, args.host, args.port, args.api_key, args.max_batch_size, args.max_wait_ms,
+          args.device, args.dtype, args.cache_bytes, mix_adapters=not args.one_adapter_per_batch)
+    return 0
+
+
 def command_demo(args, extra) -> int:
     """Train prompt tuning on the bundled demo messages, report dev accuracy, classify two new messages."""
     from .train import TrainConfig, train
@@ -251,6 +260,24 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--private", action="store_true", help="create the repo private")
     push.add_argument("--token", default=None, help="Hub token (default: the one `hf auth login` stored)")
     push.set_defaults(run=command_push)
+
+    serve = commands.add_parser(
+        "serve", help="serve adapters over HTTP (OpenAI-compatible: /v1/completions, /v1/chat/completions, /v1/classify)",
+        description="Serve many soft prompts on one frozen base model. `model` in a request names an adapter or the base model.",
+    )
+    serve.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH",
+                       help="an adapter to serve (folder or Hub id), as NAME=PATH or PATH; repeat for more")
+    serve.add_argument("--model", default=None, help="base model (default: the one the first adapter names)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--api-key", default=os.environ.get("SOFTPROMPT_API_KEY"),
+                       help="require 'Authorization: Bearer KEY' on every request; enables load/unload (env SOFTPROMPT_API_KEY)")
+    serve.add_argument("--max-batch-size", type=int, default=32, help="rows computed together at most")
+    serve.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more requests")
+    serve.add_argument("--cache-bytes", type=int, default=2**30, help="memory for cached prompt keys/values (default 1 GiB)")
+    serve.add_argument("--one-adapter-per-batch", action="store_true", help="never mix adapters in a batch (a baseline)")
+    add_device_options(serve)
+    serve.set_defaults(run=command_serve)
 
     demo = commands.add_parser("demo", help="train on the bundled demo data with the offline default model, then predict")
     demo.set_defaults(run=command_demo)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from collections import OrderedDict
 import os
 import tempfile
 import warnings
@@ -37,6 +38,10 @@ from .inject import Prefix, PromptStates, positions_from_mask, probe_shape, run_
 from .methods import PromptTable, source_class_for
 
 BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in adapter_names
+
+
+class UnknownAdapterError(ValueError):
+    """An adapter name that is not loaded; the message lists the loaded ones."""
 class PeftModel(nn.Module):
     """A frozen base model and one or more prompts. Use `get_peft_model` or `PeftModel.from_pretrained`."""
 
@@ -58,7 +63,8 @@ class PeftModel(nn.Module):
         self.injections = {}  # adapter name -> Injection
         self.active_adapter: str | None = adapter_name
         self.adapters_disabled = False
-        self.states_cache: dict[str, tuple[tuple, PromptStates]] = {}  # name -> (weights' versions, states)
+        self.states_cache: OrderedDict[str, tuple[tuple, PromptStates]] = OrderedDict()  # name -> (weights' versions, states)
+        self.states_cache_limit: int | None = None  # bytes; least recently used states go first (None: no limit)
         self.add_adapter(adapter_name, peft_config, prompt_source)
 
     # ---- adapters (PEFT's API) -----------------------------------------------------------
@@ -76,6 +82,7 @@ class PeftModel(nn.Module):
         source_class = source_class_for(peft_config)
         if prompt_source is None:
             prompt_source = source_class(peft_config, self.shape, self.base_model)
+        prompt_source.train(self.training)  # as the wrapper: a new adapter on a model in eval mode is in eval mode
         self.prompt_encoder[adapter_name] = prompt_source.to(self.base_model.get_input_embeddings().weight.device)
         self.peft_config[adapter_name] = peft_config
         self.injections[adapter_name] = source_class.injection(self.shape)
@@ -130,7 +137,7 @@ class PeftModel(nn.Module):
 
     def check_known(self, adapter_name) -> None:
         if adapter_name not in self.peft_config:
-            raise ValueError(f"Unknown adapter {adapter_name!r}. Loaded adapters: {sorted(self.peft_config)}.")
+            raise UnknownAdapterError(f"Unknown adapter {adapter_name!r}. Loaded adapters: {sorted(self.peft_config)}.")
 
     # ---- the active adapter (what a single-adapter user sees) ------------------------------
     def active_name(self) -> str:
@@ -201,6 +208,10 @@ class PeftModel(nn.Module):
             with torch.no_grad():
                 cached = (version, self.injections[adapter_name].prompt_states(base, source()))
             self.states_cache[adapter_name] = cached
+        self.states_cache.move_to_end(adapter_name)
+        if self.states_cache_limit is not None:
+            while len(self.states_cache) > 1 and self.prompt_cache_bytes() > self.states_cache_limit:
+                self.states_cache.popitem(last=False)  # the least recently used
         return cached[1]
 
     def prompt_cache_bytes(self) -> int:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -278,26 +279,102 @@ class Predictor:
             raise ValueError(f"adapter has {len(adapter)} names for {count} inputs: give one name, or one per input.")
         return [None if name == BASE_ADAPTER else self.resolve(name) for name in adapter]
 
-    @torch.no_grad()
     def generate_ids(self, prompts: list[list[int]], names: list[str | None], skip_special_tokens: bool = True, **generate_kwargs) -> list:
         """Batched generation from token ids, one adapter (or None) per row; returns the decoded new text
         (a list of texts per prompt with num_return_sequences > 1)."""
+        count = generate_kwargs.get("num_return_sequences") or 1
+        completions = self.complete(prompts, names, skip_special_tokens=skip_special_tokens, **generate_kwargs)
+        texts = [c.text for c in completions]
+        return texts if count == 1 else [texts[i * count : (i + 1) * count] for i in range(len(prompts))]
+
+    @torch.no_grad()
+    def complete(
+        self,
+        prompts: list[list[int]],
+        names: list[str | None],
+        max_new_tokens: int = 20,
+        stop: list[str] | None = None,
+        on_token=None,
+        should_stop=None,
+        skip_special_tokens: bool = True,
+        **generate_kwargs,
+    ) -> list["Completion"]:
+        """Generation from token ids with what an API reports: text (cut before a stop string), new token
+        count, and why it ended ("stop": EOS or a stop string; "length": max_new_tokens). Rows are batched
+        by length, one adapter (or None) per row. `on_token(token_id)` streams (one prompt only);
+        `should_stop()` returning True ends generation early (e.g. the client went away)."""
+        from transformers import StoppingCriteria, StoppingCriteriaList
+        from transformers.generation.streamers import BaseStreamer
+
         generate_kwargs.setdefault("do_sample", False)
         generate_kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
         if not generate_kwargs["do_sample"]:  # greedy: drop sampling settings the model's config may carry
-            generate_kwargs.setdefault("temperature", None)
-            generate_kwargs.setdefault("top_p", None)
-            generate_kwargs.setdefault("top_k", None)
+            for name in ("temperature", "top_p", "top_k"):
+                generate_kwargs.setdefault(name, None)
+        if stop:
+            generate_kwargs.update(stop_strings=list(stop), tokenizer=self.tokenizer)
+        if should_stop is not None:
+            class Cancelled(StoppingCriteria):
+                def __call__(self, input_ids, scores, **kwargs):
+                    return torch.full((input_ids.shape[0],), bool(should_stop()), device=input_ids.device)
+
+            generate_kwargs["stopping_criteria"] = StoppingCriteriaList([Cancelled()])
+        if on_token is not None:
+            if len(prompts) != 1:
+                raise ValueError("Streaming generates one prompt at a time.")
+
+            class Streamer(BaseStreamer):
+                started = False
+
+                def put(self, value):
+                    if self.started:  # the first call carries the prompt
+                        for token in value.reshape(-1).tolist():
+                            on_token(token)
+                    self.started = True
+
+                def end(self):
+                    pass
+
+            generate_kwargs["streamer"] = Streamer()
         count = generate_kwargs.get("num_return_sequences") or 1
-        texts: list = [""] * len(prompts)
+        eos = self.model.base_model.generation_config.eos_token_id
+        eos = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
+        if generate_kwargs.get("eos_token_id") is not None:
+            given = generate_kwargs["eos_token_id"]
+            eos = set(given if isinstance(given, (list, tuple)) else [given])
+        results: list = [None] * (len(prompts) * count)
         device = self.model.device
         for batch in sorted_batches([len(p) for p in prompts], self.batch_size):
             input_ids = pad_left([prompts[i] for i in batch], self.tokenizer.pad_token_id).to(device)
             attention_mask = pad_left([[1] * len(prompts[i]) for i in batch], 0).to(device)
             output = self.model.generate(
-                input_ids=input_ids, attention_mask=attention_mask, adapter_names=[names[i] for i in batch], **generate_kwargs
+                input_ids=input_ids, attention_mask=attention_mask, adapter_names=[names[i] for i in batch],
+                max_new_tokens=max_new_tokens, **generate_kwargs,
             )
-            new = [self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens) for ids in output[:, input_ids.shape[1] :]]
-            for row, i in enumerate(batch):
-                texts[i] = new[row] if count == 1 else new[row * count : (row + 1) * count]
-        return texts
+            for row, new in enumerate(output[:, input_ids.shape[1] :].tolist()):
+                i = batch[row // count]
+                results[i * count + row % count] = self.completion(new, eos, stop, max_new_tokens, len(prompts[i]), skip_special_tokens)
+        return results
+
+    def completion(self, new: list[int], eos: set, stop, max_new_tokens: int, prompt_tokens: int, skip_special_tokens: bool):
+        pad = self.tokenizer.pad_token_id
+        while new and pad not in eos and new[-1] == pad:  # a row stopped early (stop string) is padded
+            new = new[:-1]
+        ended = next((n for n, token in enumerate(new) if token in eos), None)
+        tokens = new if ended is None else new[:ended]
+        text = self.tokenizer.decode(tokens, skip_special_tokens=skip_special_tokens)
+        cut = min((text.find(s) for s in stop or [] if s and s in text), default=-1)
+        if cut >= 0:
+            text = text[:cut]
+        finished = ended is not None or cut >= 0 or len(tokens) < max_new_tokens
+        return Completion(text, len(tokens) + (ended is not None), "stop" if finished else "length", prompt_tokens)
+
+
+@dataclass
+class Completion:
+    """One generated continuation: its text, how many tokens it took (EOS included), why it ended."""
+
+    text: str
+    completion_tokens: int
+    finish_reason: str  # "stop" (EOS, a stop string, or cancelled) or "length"
+    prompt_tokens: int

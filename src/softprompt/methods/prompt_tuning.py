@@ -42,6 +42,13 @@ class PromptTuningConfig(PromptLearningConfig):
             )
 
 
+    def fill_model_fields(self, shape) -> None:
+        super().fill_model_fields(shape)
+        if self.prompt_tuning_init == "TEXT" and self.tokenizer_name_or_path is None:
+            # PEFT refuses a TEXT config without a tokenizer, even to load it: name the base model's
+            self.tokenizer_name_or_path = self.base_model_name_or_path
+
+
 class PromptEmbedding(nn.Module):
     """The prompt is the table itself: [P, hidden]."""
 
