@@ -165,6 +165,10 @@ def test_bad_requests_get_a_4xx_naming_the_field(client, predictor):
     context = predictor.model.base_model.config.max_position_embeddings
     too_long = client.post("/v1/completions", json={"model": "complaints", "prompt": "x", "max_tokens": context})
     assert too_long.status_code == 400 and f"context of {context} tokens" in too_long.json()["error"]["message"]
+    unsupported = client.post("/v1/completions", json={"model": "complaints", "prompt": "x", "logprobs": 3})
+    assert unsupported.status_code == 400 and unsupported.json()["error"]["param"] == "logprobs"
+    several = client.post("/v1/completions", json={"model": "complaints", "prompt": "x", "n": 2})
+    assert several.status_code == 400 and several.json()["error"]["param"] == "n"
     base_classify = client.post("/v1/classify", json={"model": base_name(predictor), "input": ["x"]})
     assert base_classify.status_code == 400
     bad_row = client.post("/v1/classify", json={"model": "complaints", "input": [{"Other": "x"}]})

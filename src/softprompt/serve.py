@@ -201,6 +201,9 @@ def create_app(predictor: Predictor, api_key: str | None = None, max_batch_size:
             )
 
     def generation_job(body: GenerationRequest, prompt: list[int], adapter: str | None) -> GenerateJob:
+        for name in UNSUPPORTED:
+            if (body.model_extra or {}).get(name):
+                raise APIError(400, f"{name!r} is not supported by softprompt serve; leave it out.", name)
         max_tokens = body.max_tokens or 16
         check_length(prompt, adapter, max_tokens)
         temperature = 1.0 if body.temperature is None else body.temperature
@@ -363,6 +366,9 @@ def create_app(predictor: Predictor, api_key: str | None = None, max_batch_size:
         return {"status": "ok", "unloaded": name}
 
     return app
+
+
+UNSUPPORTED = ("logprobs", "top_logprobs", "echo", "best_of", "suffix", "tools", "functions", "response_format")
 
 
 def text_parts(content: list[dict]) -> str:
