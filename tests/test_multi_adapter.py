@@ -138,7 +138,7 @@ def test_the_prompt_states_cache_keeps_to_its_byte_limit():
         model.states_cache_limit = sizes["lstm"] + sizes["prefix"]
         for name in ["pt", "lstm", "prefix"]:
             model.prompt_states(name)
-        assert list(model.states_cache) == ["lstm", "prefix"] and model.prompt_cache_bytes() <= model.states_cache_limit
+        assert list(model.states_cache) == [("lstm", 0), ("prefix", 0)] and model.prompt_cache_bytes() <= model.states_cache_limit
         ids = torch.randint(3, 128, (2, 4))
         evicted = model(input_ids=ids, adapter_names=["pt", "prefix"]).logits  # recomputed after eviction: same numbers
         model.states_cache_limit = None

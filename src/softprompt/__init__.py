@@ -6,6 +6,8 @@ A drop-in for PEFT's prompt-learning API: `from softprompt import get_peft_model
 from .adapters import AdapterError
 from .config import ConfigError, PeftConfig, PeftType, PromptLearningConfig, TaskType, get_peft_config
 from .methods import (
+    MultitaskPromptTuningConfig,
+    MultitaskPromptTuningInit,
     PrefixTuningConfig,
     PromptEncoderConfig,
     PromptEncoderReparameterizationType,
@@ -24,6 +26,8 @@ __all__ = [
     "AutoPeftModelForCausalLM",
     "ConfigError",
     "ModelNotFoundError",
+    "MultitaskPromptTuningConfig",
+    "MultitaskPromptTuningInit",
     "PeftConfig",
     "PeftModel",
     "PeftModelForCausalLM",

@@ -133,14 +133,19 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise AdapterError(f"{path} is not a readable safetensors file ({error}). The adapter is damaged: save it again.") from error
 
 
-def read_adapter_table(location: str | os.PathLike, **hub_kwargs) -> torch.Tensor:
+def read_adapter_tensors(location: str | os.PathLike, **hub_kwargs) -> dict[str, torch.Tensor]:
+    """Every tensor of adapter_model.safetensors; it must hold the prompt table `prompt_embeddings`."""
     path = local_or_hub_file(location, WEIGHTS_NAME, **hub_kwargs)
     tensors = read_tensors(path)
     if TABLE_KEY not in tensors:
         raise AdapterError(
             f"{path} has no tensor '{TABLE_KEY}' (found: {sorted(tensors)}). It is not a prompt-learning adapter."
         )
-    return tensors[TABLE_KEY]
+    return tensors
+
+
+def read_adapter_table(location: str | os.PathLike, **hub_kwargs) -> torch.Tensor:
+    return read_adapter_tensors(location, **hub_kwargs)[TABLE_KEY]
 
 
 def read_prompt_source(location: str | os.PathLike, **hub_kwargs) -> dict[str, torch.Tensor] | None:

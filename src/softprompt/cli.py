@@ -13,7 +13,7 @@ import yaml
 
 DEMO_DATA = Path(__file__).parent / "demo_data"
 CONFIG_HELP = """Fields of a training config (YAML or --field value; nested with dots, e.g. --task.max_length 96):
-  model, method (prompt_tuning | p_tuning | prefix_tuning), method_options.* (PEFT config fields),
+  model, method (prompt_tuning | p_tuning | prefix_tuning | multitask_prompt_tuning), method_options.* (PEFT config fields),
   train_file, eval_file, dataset, dataset_config, train_split, eval_split,
   task.text_columns, task.label_column, task.label_names, task.verbalizer, task.template, task.max_length,
   validation_fraction, epochs, lr, batch_size, gradient_accumulation_steps, warmup_ratio, weight_decay,

@@ -63,7 +63,7 @@ class PeftModel(nn.Module):
         self.injections = {}  # adapter name -> Injection
         self.active_adapter: str | None = adapter_name
         self.adapters_disabled = False
-        self.states_cache: OrderedDict[str, tuple[tuple, PromptStates]] = OrderedDict()  # name -> (weights' versions, states)
+        self.states_cache: OrderedDict[tuple, tuple[tuple, PromptStates]] = OrderedDict()  # (name, task) -> (versions, states)
         self.states_cache_limit: int | None = None  # bytes; least recently used states go first (None: no limit)
         self.add_adapter(adapter_name, peft_config, prompt_source)
 
@@ -108,7 +108,8 @@ class PeftModel(nn.Module):
         del self.prompt_encoder[adapter_name]
         del self.peft_config[adapter_name]
         del self.injections[adapter_name]
-        self.states_cache.pop(adapter_name, None)
+        for key in [key for key in self.states_cache if key[0] == adapter_name]:
+            del self.states_cache[key]
         if self.active_adapter == adapter_name:
             self.active_adapter = next(iter(self.peft_config), None)
             if self.active_adapter is not None:
@@ -186,29 +187,34 @@ class PeftModel(nn.Module):
         trainable, total = self.get_nb_trainable_parameters()
         print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
 
-    def prompt_table(self, adapter_name: str | None = None) -> torch.Tensor:
-        """An adapter's prompt as its table [P, D]: what the injection consumes and the adapter file stores."""
-        return self.prompt_encoder[adapter_name or self.active_name()]()
+    def prompt_table(self, adapter_name: str | None = None, task: int = 0) -> torch.Tensor:
+        """An adapter's prompt (for one of its tasks) as its table [P, D]: what the injection consumes."""
+        name = adapter_name or self.active_name()
+        source = self.prompt_encoder[name]
+        tasks = getattr(source, "num_tasks", 1)
+        if not 0 <= task < tasks:
+            raise ValueError(f"Task id {task} is out of range: adapter {name!r} has {tasks} task(s), ids 0..{tasks - 1}.")
+        return source() if task == 0 else source(task)
 
     # ---- prompt states and the batch prefix --------------------------------------------------
-    def prompt_states(self, adapter_name: str, with_logits: bool = False) -> PromptStates:
-        """An adapter's per-layer keys/values [1, kv_heads, P, head_dim], cached while its weights stay the same.
-
-        Cached only when no gradient can flow to it (inference); training recomputes it every call.
-        """
+    def prompt_states(self, adapter_name: str, with_logits: bool = False, task: int = 0) -> PromptStates:
+        """An adapter's per-layer keys/values [1, kv_heads, P, head_dim] (for one of its tasks), cached while
+        its weights stay the same. Cached only when no gradient can flow to it (inference); training
+        recomputes it every call."""
         source = self.prompt_encoder[adapter_name]
         base = self.base_model
         needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in source.parameters())
         if with_logits or needs_grad or source.training:
-            return self.injections[adapter_name].prompt_states(base, source(), with_logits)
+            return self.injections[adapter_name].prompt_states(base, self.prompt_table(adapter_name, task), with_logits)
         weights = base.get_input_embeddings().weight
         version = (weights.dtype, weights.device, *((p.data_ptr(), p._version) for p in source.parameters()))
-        cached = self.states_cache.get(adapter_name)
+        key = (adapter_name, task)
+        cached = self.states_cache.get(key)
         if cached is None or cached[0] != version:
             with torch.no_grad():
-                cached = (version, self.injections[adapter_name].prompt_states(base, source()))
-            self.states_cache[adapter_name] = cached
-        self.states_cache.move_to_end(adapter_name)
+                cached = (version, self.injections[adapter_name].prompt_states(base, self.prompt_table(adapter_name, task)))
+            self.states_cache[key] = cached
+        self.states_cache.move_to_end(key)
         if self.states_cache_limit is not None:
             while len(self.states_cache) > 1 and self.prompt_cache_bytes() > self.states_cache_limit:
                 self.states_cache.popitem(last=False)  # the least recently used
@@ -226,21 +232,35 @@ class PeftModel(nn.Module):
             self.check_known(name)
         return rows
 
-    def batch_prefix(self, batch: int, adapter_names=None, with_logits: bool = False):
+    def row_tasks(self, task_ids, rows: list[str | None]) -> list[int]:
+        """One task id per row (default 0); an adapter with several tasks needs them given."""
+        if task_ids is None:
+            for name in set(rows) - {None}:
+                if getattr(self.prompt_encoder[name], "num_tasks", 1) > 1:
+                    raise ValueError(f"Adapter {name!r} has several tasks: pass task_ids, one task id per row.")
+            return [0] * len(rows)
+        tasks = [int(t) for t in (task_ids.tolist() if isinstance(task_ids, torch.Tensor) else task_ids)]
+        if len(tasks) != len(rows):
+            raise ValueError(f"task_ids has {len(tasks)} entries but the batch has {len(rows)} rows: give one per row.")
+        return tasks
+
+    def batch_prefix(self, batch: int, adapter_names=None, with_logits: bool = False, task_ids=None):
         """-> (Prefix for `batch` rows or None for the bare model, last virtual logits [1, 1, V] or None)."""
         if self.adapters_disabled:
             return None, None
-        if adapter_names is None:
-            if self.active_adapter is None:
-                return None, None
-            states = self.prompt_states(self.active_adapter, with_logits)
+        if adapter_names is None and self.active_adapter is None:
+            return None, None
+        rows = [self.active_adapter] * batch if adapter_names is None else self.row_adapters(adapter_names, batch)
+        tasks = self.row_tasks(task_ids, rows)
+        if adapter_names is None and len(set(tasks)) == 1:  # every row the same prompt
+            states = self.prompt_states(self.active_adapter, with_logits, tasks[0])
             return Prefix.shared(states, batch), states.last_logits
-        rows = self.row_adapters(adapter_names, batch)
         if not any(rows):
             return None, None
-        states = {name: self.prompt_states(name) for name in set(rows) - {None}}
+        keys = list(zip(rows, tasks))
+        states = {key: self.prompt_states(*key[:1], task=key[1]) for key in set(keys) if key[0] is not None}
         template = next(iter(states.values())).layers
-        return Prefix.per_row([states.get(name) for name in rows], template), None
+        return Prefix.per_row([states.get(key) for key in keys], template), None
 
     # ---- forward and generate --------------------------------------------------------------
     def forward(
@@ -252,6 +272,7 @@ class PeftModel(nn.Module):
         position_ids: torch.Tensor | None = None,
         logits_to_keep: int = 0,
         adapter_names: list[str | None] | None = None,
+        task_ids=None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """Logits [B, L, V] aligned with `input_ids` (no virtual positions); loss over `labels` != -100.
@@ -261,6 +282,7 @@ class PeftModel(nn.Module):
         `adapter_names`: one adapter name per row (None or "__base__": the bare model); default: the active
         adapter for every row. With one adapter, as in PEFT, the last virtual position predicts a label on
         the first input token; in a mixed batch the first input token is not predicted (as for a bare model).
+        `task_ids`: one task id per row, for adapters with several tasks (multitask prompt tuning).
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
@@ -271,7 +293,7 @@ class PeftModel(nn.Module):
         if logits_to_keep:
             kwargs["logits_to_keep"] = logits_to_keep
         batch, length = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
-        prefix, last_virtual_logits = self.batch_prefix(batch, adapter_names, with_logits=labels is not None)
+        prefix, last_virtual_logits = self.batch_prefix(batch, adapter_names, labels is not None, task_ids)
         logits = run_with_prefix(
             self.base_model, prefix, input_ids, inputs_embeds, attention_mask, position_ids, **kwargs
         ).logits  # [B, T, V]: the last T input positions
@@ -289,7 +311,7 @@ class PeftModel(nn.Module):
 
     @torch.no_grad()
     def score_continuations(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, continuations, adapter_names=None
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, continuations, adapter_names=None, task_ids=None
     ) -> torch.Tensor:
         """Summed log-probability of each continuation after each left-padded input: [B, K].
 
@@ -301,7 +323,7 @@ class PeftModel(nn.Module):
         per_row = continuations if isinstance(continuations[0][0], (list, tuple)) else [continuations] * batch
         if len(per_row) != batch:
             raise ValueError(f"continuations has {len(per_row)} per-row lists but the batch has {batch} rows.")
-        prefix, _ = self.batch_prefix(batch, adapter_names)
+        prefix, _ = self.batch_prefix(batch, adapter_names, task_ids=task_ids)
         num_prefix = 0 if prefix is None else prefix.length
         full_mask = attention_mask if prefix is None else torch.cat([prefix.mask.to(attention_mask.dtype), attention_mask], 1)
         cache = filled_cache(base, [] if prefix is None else prefix.layers)  # P prompt positions, then the inputs
@@ -332,10 +354,12 @@ class PeftModel(nn.Module):
         return scores
 
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None, adapter_names=None, **kwargs):
+    def generate(
+        self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None, adapter_names=None, task_ids=None, **kwargs
+    ):
         """`transformers` generation (greedy, sampling, beams...) after the prompt; returns input + new tokens.
 
-        `adapter_names`: one adapter per row, as in `forward`.
+        `adapter_names`, `task_ids`: one per row, as in `forward`.
         """
         if input_ids is None:
             raise ValueError("generate() needs input_ids.")
@@ -347,7 +371,9 @@ class PeftModel(nn.Module):
         expand = max(kwargs.get("num_beams", settings.num_beams) or 1, kwargs.get("num_return_sequences", settings.num_return_sequences) or 1)
         if adapter_names is not None:
             adapter_names = [name for name in self.row_adapters(adapter_names, batch) for _ in range(expand)]
-        prefix, _ = self.batch_prefix(batch * expand, adapter_names)  # rows as generate expands them
+        if task_ids is not None:
+            task_ids = [task for task in self.row_tasks(task_ids, [None] * batch) for _ in range(expand)]
+        prefix, _ = self.batch_prefix(batch * expand, adapter_names, task_ids=task_ids)  # rows as generate expands them
         if prefix is None:
             return base.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         num_virtual = prefix.length
@@ -406,9 +432,13 @@ class PeftModel(nn.Module):
     def write_adapter_files(self, folder, include_prompt_source: bool = False, adapter_name: str | None = None) -> None:
         """An adapter's files (default: the active one), written into an existing folder (callers make that atomic)."""
         name = adapter_name or self.active_name()
+        source = self.prompt_encoder[name]
         with torch.no_grad():  # as at inference: an LSTM's no-grad kernel differs in the last bits
-            table = self.prompt_table(name).float()
-        adapters.save_tensors({adapters.TABLE_KEY: table}, Path(folder) / adapters.WEIGHTS_NAME)
+            if hasattr(source, "adapter_tensors"):  # a source that does not collapse to one table
+                tensors = {key: t.float() for key, t in source.adapter_tensors().items()}
+            else:
+                tensors = {adapters.TABLE_KEY: self.prompt_table(name).float()}
+        adapters.save_tensors(tensors, Path(folder) / adapters.WEIGHTS_NAME)
         if include_prompt_source:
             adapters.save_tensors(dict(self.prompt_encoder[name].state_dict()), Path(folder) / adapters.SOURCE_NAME)
         saved = dataclasses.replace(self.peft_config[name], inference_mode=True)  # the file holds the collapsed table
@@ -440,14 +470,20 @@ def read_adapter(model: nn.Module, shape, model_id, is_trainable: bool, **hub_kw
     """
     config = PromptLearningConfig.from_pretrained(model_id, **hub_kwargs)
     config.inference_mode = not is_trainable
-    table = adapters.read_adapter_table(model_id, **hub_kwargs).float()
+    tensors = adapters.read_adapter_tensors(model_id, **hub_kwargs)
+    table = tensors[adapters.TABLE_KEY].float()
     source_class = source_class_for(config)
     check_config_fits(config, shape, model_id)
     config.fill_model_fields(shape)
     check_table_fits(table, config, shape, source_class.injection(shape).table_width())
     full_source = source_class(config, shape, None)  # not initialised from the model
     source_state = adapters.read_prompt_source(model_id, **hub_kwargs) if is_trainable else None
-    if source_state is not None:  # resume training with the full source, encoder included
+    if hasattr(source_class, "from_adapter_tensors"):  # the adapter file holds the whole source
+        try:
+            source = source_class.from_adapter_tensors(config, shape, {k: t.float() for k, t in tensors.items()})
+        except (KeyError, RuntimeError) as error:
+            raise adapters.AdapterError(f"The adapter {model_id} does not fit its adapter_config.json: {error}") from error
+    elif source_state is not None:  # resume training with the full source, encoder included
         try:
             full_source.load_state_dict(source_state)
         except RuntimeError as error:

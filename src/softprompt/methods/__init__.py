@@ -1,7 +1,9 @@
 """The method registry. A method is a config class plus a prompt source module in its own file.
 
 A prompt source is an `nn.Module` whose `forward()` returns a table `[P, D]` and whose class
-attribute `injection` says how the table enters the model (see `inject.py`).
+attribute `injection` says how the table enters the model (see `inject.py`). A source with several
+tasks (`num_tasks`) takes the task: `forward(task)`. A source whose file cannot hold one collapsed
+table says what it holds (`adapter_tensors()`, `from_adapter_tensors()`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from torch import nn
 
 from ..config import ConfigError, PeftType, PromptLearningConfig
 from ..inject import Injection
+from .multitask_prompt_tuning import MultitaskPromptEmbedding, MultitaskPromptTuningConfig, MultitaskPromptTuningInit
 from .p_tuning import PromptEncoder, PromptEncoderConfig, PromptEncoderReparameterizationType
 from .prefix_tuning import PrefixEncoder, PrefixTuningConfig
 from .prompt_tuning import PromptEmbedding, PromptTuningConfig, PromptTuningInit
@@ -20,10 +23,14 @@ METHODS: dict[str, tuple[type[PromptLearningConfig], type[nn.Module]]] = {
     PeftType.PROMPT_TUNING.value: (PromptTuningConfig, PromptEmbedding),
     PeftType.P_TUNING.value: (PromptEncoderConfig, PromptEncoder),
     PeftType.PREFIX_TUNING.value: (PrefixTuningConfig, PrefixEncoder),
+    PeftType.MULTITASK_PROMPT_TUNING.value: (MultitaskPromptTuningConfig, MultitaskPromptEmbedding),
 }
 
 # Friendly names accepted wherever a method is named (CLI, YAML).
-ALIASES = {"prompt_tuning": "PROMPT_TUNING", "p_tuning": "P_TUNING", "ptuning": "P_TUNING", "prefix_tuning": "PREFIX_TUNING"}
+ALIASES = {
+    "prompt_tuning": "PROMPT_TUNING", "p_tuning": "P_TUNING", "ptuning": "P_TUNING", "prefix_tuning": "PREFIX_TUNING",
+    "multitask_prompt_tuning": "MULTITASK_PROMPT_TUNING", "mpt": "MULTITASK_PROMPT_TUNING",
+}
 
 
 def method_key(name) -> str:
@@ -32,7 +39,7 @@ def method_key(name) -> str:
     if key not in METHODS:
         raise ConfigError(
             f"Unknown prompt method {name!r}. softprompt supports: {', '.join(METHODS)} "
-            "(or prompt_tuning, p_tuning, prefix_tuning)."
+            "(or prompt_tuning, p_tuning, prefix_tuning, multitask_prompt_tuning)."
         )
     return key
 
@@ -66,6 +73,9 @@ class PromptTable(nn.Module):
 
 __all__ = [
     "METHODS",
+    "MultitaskPromptEmbedding",
+    "MultitaskPromptTuningConfig",
+    "MultitaskPromptTuningInit",
     "PrefixEncoder",
     "PrefixTuningConfig",
     "PromptEmbedding",
