@@ -6,6 +6,7 @@ A drop-in for PEFT's prompt-learning API: `from softprompt import get_peft_model
 from .adapters import AdapterError
 from .config import ConfigError, PeftConfig, PeftType, PromptLearningConfig, TaskType, get_peft_config
 from .methods import (
+    CPTConfig,
     MultitaskPromptTuningConfig,
     MultitaskPromptTuningInit,
     PrefixTuningConfig,
@@ -24,6 +25,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "AdapterError",
     "AutoPeftModelForCausalLM",
+    "CPTConfig",
     "ConfigError",
     "ModelNotFoundError",
     "MultitaskPromptTuningConfig",

@@ -69,12 +69,16 @@ def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 class PromptStates:
     """One adapter's prompt as the input sees it: per-layer keys/values of its P virtual positions (batch 1).
 
-    `last_logits` [1, 1, V]: what the last virtual position predicts (embedding prompts only, and only
-    when asked for: the loss uses it for a label on the first input token, as PEFT does).
+    `logits` [1, n, V]: what the last n virtual positions predict (embedding prompts only, and only when
+    asked for: the loss uses the last for a label on the first input token, as PEFT does; CPT reads all).
     """
 
     layers: LayerStates  # each [1, kv_heads, P, head_dim]
-    last_logits: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+
+    @property
+    def last_logits(self) -> torch.Tensor | None:
+        return None if self.logits is None else self.logits[:, -1:]  # [1, 1, V]
 
     @property
     def length(self) -> int:
@@ -175,7 +179,8 @@ class Injection:
     def table_width(self) -> int:
         raise NotImplementedError
 
-    def prompt_states(self, model, table: torch.Tensor, with_logits: bool = False) -> PromptStates:
+    def prompt_states(self, model, table: torch.Tensor, with_logits: bool | str = False) -> PromptStates:
+        """with_logits: False, True (the last virtual position's) or "all" (every virtual position's)."""
         raise NotImplementedError
 
 
@@ -198,8 +203,9 @@ class EmbeddingPrefix(Injection):
         cache = recording_cache(self.shape.num_layers)
         kwargs = {"position_ids": positions_from_mask(mask)} if accepts_position_ids(model) else {}
         kwargs[cache_argument(model)] = cache
-        output = model(inputs_embeds=embeds, attention_mask=mask, use_cache=True, logits_to_keep=1, **kwargs)
-        return PromptStates(layer_states(cache), output.logits if with_logits else None)  # logits [1, 1, V]
+        keep = num_virtual if with_logits == "all" else 1
+        output = model(inputs_embeds=embeds, attention_mask=mask, use_cache=True, logits_to_keep=keep, **kwargs)
+        return PromptStates(layer_states(cache), output.logits if with_logits else None)  # logits [1, keep, V]
 
 
 class KVPrefix(Injection):

@@ -197,7 +197,7 @@ class PeftModel(nn.Module):
         return source() if task == 0 else source(task)
 
     # ---- prompt states and the batch prefix --------------------------------------------------
-    def prompt_states(self, adapter_name: str, with_logits: bool = False, task: int = 0) -> PromptStates:
+    def prompt_states(self, adapter_name: str, with_logits: bool | str = False, task: int = 0) -> PromptStates:
         """An adapter's per-layer keys/values [1, kv_heads, P, head_dim] (for one of its tasks), cached while
         its weights stay the same. Cached only when no gradient can flow to it (inference); training
         recomputes it every call."""
@@ -244,8 +244,8 @@ class PeftModel(nn.Module):
             raise ValueError(f"task_ids has {len(tasks)} entries but the batch has {len(rows)} rows: give one per row.")
         return tasks
 
-    def batch_prefix(self, batch: int, adapter_names=None, with_logits: bool = False, task_ids=None):
-        """-> (Prefix for `batch` rows or None for the bare model, last virtual logits [1, 1, V] or None)."""
+    def batch_prefix(self, batch: int, adapter_names=None, with_logits: bool | str = False, task_ids=None):
+        """-> (Prefix for `batch` rows or None for the bare model, virtual positions' logits [1, n, V] or None)."""
         if self.adapters_disabled:
             return None, None
         if adapter_names is None and self.active_adapter is None:
@@ -254,7 +254,7 @@ class PeftModel(nn.Module):
         tasks = self.row_tasks(task_ids, rows)
         if adapter_names is None and len(set(tasks)) == 1:  # every row the same prompt
             states = self.prompt_states(self.active_adapter, with_logits, tasks[0])
-            return Prefix.shared(states, batch), states.last_logits
+            return Prefix.shared(states, batch), states.logits
         if not any(rows):
             return None, None
         keys = list(zip(rows, tasks))
@@ -293,10 +293,20 @@ class PeftModel(nn.Module):
         if logits_to_keep:
             kwargs["logits_to_keep"] = logits_to_keep
         batch, length = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
-        prefix, last_virtual_logits = self.batch_prefix(batch, adapter_names, labels is not None, task_ids)
+        input_type_mask = kwargs.pop("input_type_mask", None)
+        # a method with a loss of its own (CPT) gets it when its adapter serves the whole batch
+        source = None if adapter_names is not None or self.adapters_disabled or self.active_adapter is None else self.prompt_source
+        own_loss = getattr(source, "loss", None) if labels is not None else None
+        if input_type_mask is not None and own_loss is None:
+            raise ValueError("input_type_mask is for CPT adapters (with labels); this adapter does not use it.")
+        wanted = getattr(source, "prompt_logits", True) if own_loss else labels is not None
+        prefix, prompt_logits = self.batch_prefix(batch, adapter_names, wanted, task_ids)
+        last_virtual_logits = None if prompt_logits is None else prompt_logits[:, -1:]  # [1, 1, V]
         logits = run_with_prefix(
             self.base_model, prefix, input_ids, inputs_embeds, attention_mask, position_ids, **kwargs
         ).logits  # [B, T, V]: the last T input positions
+        if own_loss is not None:
+            return CausalLMOutputWithPast(loss=own_loss(prompt_logits, logits, labels, input_type_mask), logits=logits)
         num_virtual = 0
         if last_virtual_logits is not None and logits.shape[1] == length:  # it predicts the first input token
             logits = torch.cat([last_virtual_logits.expand(batch, -1, -1), logits], dim=1)  # [B, 1+L, V]

@@ -13,6 +13,7 @@ from torch import nn
 
 from ..config import ConfigError, PeftType, PromptLearningConfig
 from ..inject import Injection
+from .cpt import CPTConfig, CPTEmbedding
 from .multitask_prompt_tuning import MultitaskPromptEmbedding, MultitaskPromptTuningConfig, MultitaskPromptTuningInit
 from .p_tuning import PromptEncoder, PromptEncoderConfig, PromptEncoderReparameterizationType
 from .prefix_tuning import PrefixEncoder, PrefixTuningConfig
@@ -24,12 +25,13 @@ METHODS: dict[str, tuple[type[PromptLearningConfig], type[nn.Module]]] = {
     PeftType.P_TUNING.value: (PromptEncoderConfig, PromptEncoder),
     PeftType.PREFIX_TUNING.value: (PrefixTuningConfig, PrefixEncoder),
     PeftType.MULTITASK_PROMPT_TUNING.value: (MultitaskPromptTuningConfig, MultitaskPromptEmbedding),
+    PeftType.CPT.value: (CPTConfig, CPTEmbedding),
 }
 
 # Friendly names accepted wherever a method is named (CLI, YAML).
 ALIASES = {
     "prompt_tuning": "PROMPT_TUNING", "p_tuning": "P_TUNING", "ptuning": "P_TUNING", "prefix_tuning": "PREFIX_TUNING",
-    "multitask_prompt_tuning": "MULTITASK_PROMPT_TUNING", "mpt": "MULTITASK_PROMPT_TUNING",
+    "multitask_prompt_tuning": "MULTITASK_PROMPT_TUNING", "mpt": "MULTITASK_PROMPT_TUNING", "cpt": "CPT",
 }
 
 
@@ -39,7 +41,7 @@ def method_key(name) -> str:
     if key not in METHODS:
         raise ConfigError(
             f"Unknown prompt method {name!r}. softprompt supports: {', '.join(METHODS)} "
-            "(or prompt_tuning, p_tuning, prefix_tuning, multitask_prompt_tuning)."
+            "(or prompt_tuning, p_tuning, prefix_tuning, multitask_prompt_tuning, cpt)."
         )
     return key
 
@@ -72,6 +74,8 @@ class PromptTable(nn.Module):
 
 
 __all__ = [
+    "CPTConfig",
+    "CPTEmbedding",
     "METHODS",
     "MultitaskPromptEmbedding",
     "MultitaskPromptTuningConfig",
