@@ -15,7 +15,7 @@ from softprompt import (
     get_peft_model,
 )
 from softprompt import adapters as adapter_files
-from tiny_models import METHOD_CONFIGS, METHODS, tiny_model
+from tiny_models import METHOD_CONFIGS, METHODS, tiny_model, trainable
 
 ARCH = "llama_gqa"
 
@@ -24,7 +24,7 @@ def trained(method, steps=2):
     """A wrapped tiny model whose prompt has taken a few optimizer steps."""
     torch.manual_seed(0)
     model = get_peft_model(tiny_model(ARCH), METHOD_CONFIGS[method]())
-    optimizer = torch.optim.AdamW(model.prompt_source.parameters(), lr=0.05)
+    optimizer = torch.optim.AdamW(trainable(model), lr=0.05)
     ids = torch.randint(3, 128, (2, 6), generator=torch.Generator().manual_seed(0))
     for _ in range(steps):
         model(input_ids=ids, labels=ids).loss.backward()
@@ -42,8 +42,9 @@ def test_inference_adapter_round_trip_is_bit_exact(method, tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded.prompt_table(), model.prompt_table())
         assert torch.equal(loaded(input_ids=ids).logits, model(input_ids=ids).logits)
-    # the inference adapter carries no encoder: nothing to pay for at inference
-    assert set(loaded.prompt_source.state_dict()) == {"embedding.weight"}
+    # the inference adapter carries no encoder: nothing to pay for at inference (a multitask prompt keeps its tasks)
+    if not hasattr(loaded.prompt_source, "adapter_tensors"):
+        assert set(loaded.prompt_source.state_dict()) == {"embedding.weight"}
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -55,7 +56,7 @@ def test_training_checkpoint_keeps_the_full_source_and_resumes_exactly(method, t
         assert torch.equal(resumed.prompt_source.state_dict()[name], value), name
     # one more identical step on both gives identical parameters
     for m in (model, resumed):
-        optimizer = torch.optim.SGD(m.prompt_source.parameters(), lr=0.1)
+        optimizer = torch.optim.SGD(trainable(m), lr=0.1)
         m(input_ids=ids, labels=ids).loss.backward()
         optimizer.step()
     for a, b in zip(model.prompt_source.parameters(), resumed.prompt_source.parameters()):

@@ -5,7 +5,7 @@ import inspect
 import pytest
 import torch
 from softprompt import get_peft_model
-from tiny_models import ARCHITECTURES, METHOD_CONFIGS, METHODS, left_padded_batch, tiny_model
+from tiny_models import ARCHITECTURES, METHOD_CONFIGS, METHODS, OWN_LOSS, left_padded_batch, tiny_model, trainable
 
 CASES = [(method, arch) for method in METHODS for arch in ARCHITECTURES]
 
@@ -19,18 +19,18 @@ def wrapped(method, arch, seed=0):
 def test_only_the_prompt_trains_and_the_base_stays_bit_identical(method, arch):
     model = wrapped(method, arch)
     before = {name: p.detach().clone() for name, p in model.base_model.named_parameters()}
-    prompt_before = [p.detach().clone() for p in model.prompt_source.parameters()]
+    prompt_before = [p.detach().clone() for p in trainable(model)]
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
     input_ids, attention_mask, _ = left_padded_batch()
     model.train()
     loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=input_ids).loss
     loss.backward()
     assert all(p.grad is None for p in model.base_model.parameters())
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.prompt_source.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in trainable(model))
     optimizer.step()
     for name, p in model.base_model.named_parameters():
         assert torch.equal(p, before[name]), name
-    assert any(not torch.equal(a, b) for a, b in zip(prompt_before, model.prompt_source.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(prompt_before, trainable(model)))
 
 
 @pytest.mark.parametrize("method,arch", CASES)
@@ -45,7 +45,7 @@ def test_left_padded_batch_equals_each_example_alone(method, arch):
             torch.testing.assert_close(batched[i, -len(row) :], alone, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("method,arch", CASES)
+@pytest.mark.parametrize("method,arch", [(m, a) for m, a in CASES if m not in OWN_LOSS])
 def test_loss_ignores_virtual_and_masked_positions(method, arch):
     model = wrapped(method, arch).eval()
     input_ids, attention_mask, rows = left_padded_batch(lengths=(6, 6))
@@ -103,7 +103,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(method, arch, reentrant
             assert any(getattr(m, "gradient_checkpointing", False) for m in model.base_model.modules())
         loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=input_ids).loss
         loss.backward()
-        grads.append([p.grad.clone() for p in model.prompt_source.parameters()])
+        grads.append([p.grad.clone() for p in trainable(model)])
     for plain, checkpointed in zip(*grads):
         torch.testing.assert_close(checkpointed, plain, atol=1e-6, rtol=1e-5)
 
@@ -119,13 +119,14 @@ def test_logits_to_keep_gives_the_same_loss_and_gradients(method, arch):
         model = wrapped(method, arch)
         output = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, logits_to_keep=keep)
         output.loss.backward()
-        results.append((output, [p.grad for p in model.prompt_source.parameters()]))
+        results.append((output, [p.grad for p in trainable(model)]))
     (full, full_grads), (kept, kept_grads) = results
     assert kept.logits.shape[1] == 3
     torch.testing.assert_close(kept.logits, full.logits[:, -3:], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(kept.loss, full.loss, atol=1e-6, rtol=1e-6)
+    rtol = 1e-4 if method == "multitask" else 1e-5  # its factors' gradients multiply two summations' rounding
     for a, b in zip(full_grads, kept_grads):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=rtol)
     with pytest.raises(ValueError, match="raise logits_to_keep"):
         model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, logits_to_keep=2)
 
@@ -143,7 +144,7 @@ def concatenated_reference(model, input_ids, attention_mask):
     return base(inputs_embeds=embeds, attention_mask=mask, **kwargs).logits[:, num_virtual - 1 :]  # [B, 1+L, V]
 
 
-@pytest.mark.parametrize("method,arch", [(m, a) for m in ("prompt_tuning", "p_tuning_mlp", "p_tuning_lstm") for a in ARCHITECTURES])
+@pytest.mark.parametrize("method,arch", [(m, a) for m in ("prompt_tuning", "p_tuning_mlp", "p_tuning_lstm", "multitask") for a in ARCHITECTURES])
 def test_shared_prompt_pass_equals_prepending_embeddings_to_every_row(method, arch):
     """The virtual tokens run once per batch; logits, loss and gradients equal the concatenated reference."""
     model = wrapped(method, arch).eval()
@@ -151,7 +152,7 @@ def test_shared_prompt_pass_equals_prepending_embeddings_to_every_row(method, ar
     labels = input_ids.masked_fill(attention_mask == 0, -100)
     output = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
     output.loss.backward()
-    ours = [p.grad.clone() for p in model.prompt_source.parameters()]
+    ours = [p.grad.clone() for p in trainable(model)]
     model.zero_grad()
     reference = concatenated_reference(model, input_ids, attention_mask)  # [B, 1+L, V]
     real = attention_mask.bool()
@@ -160,7 +161,7 @@ def test_shared_prompt_pass_equals_prepending_embeddings_to_every_row(method, ar
     loss = torch.nn.functional.cross_entropy(reference.reshape(-1, reference.shape[-1]), targets.reshape(-1))
     torch.testing.assert_close(output.loss, loss, atol=1e-6, rtol=1e-5)
     loss.backward()
-    for a, b in zip(ours, [p.grad for p in model.prompt_source.parameters()]):
+    for a, b in zip(ours, [p.grad for p in trainable(model)]):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
 
 

@@ -117,3 +117,11 @@ def test_the_training_workflow_takes_a_cpt_prompt(tmp_path):
     predictor = Predictor.from_pretrained(str(tmp_path / "run" / "adapter"))
     assert predictor.model.peft_config[predictor.adapter_names[0]].num_virtual_tokens == 5
     assert predictor.probabilities(["my order never arrived"]).shape == (1, 2)
+
+
+def test_resuming_a_cpt_prompt_keeps_its_example_embeddings_frozen(tmp_path):
+    ours, _ = pair()
+    ours.save_pretrained(tmp_path, include_prompt_source=True)
+    resumed = PeftModel.from_pretrained(tiny_model("llama_gqa"), tmp_path, is_trainable=True).prompt_source
+    assert not resumed.embedding.weight.requires_grad and resumed.delta_embedding.weight.requires_grad
+    torch.testing.assert_close(resumed.delta_embedding.weight, ours.prompt_source.delta_embedding.weight)

@@ -19,6 +19,10 @@ PEFT_CONFIGS = {
     "prefix_projection": lambda: peft.PrefixTuningConfig(
         task_type="CAUSAL_LM", num_virtual_tokens=4, prefix_projection=True, encoder_hidden_size=16
     ),
+    "multitask": lambda: peft.MultitaskPromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4, num_tasks=1, num_ranks=2),
+    "cpt": lambda: peft.CPTConfig(
+        task_type="CAUSAL_LM", cpt_token_ids=[40, 41, 42, 43, 44], cpt_mask=[1] * 5, cpt_tokens_type_mask=[1, 2, 2, 3, 4]
+    ),
 }
 CASES = [(method, arch) for method in METHODS for arch in ARCHITECTURES]
 # PEFT's own calls into transformers 5.24 use names it deprecates; softprompt's do not (their warnings show).
@@ -35,7 +39,13 @@ def unpadded_ids(seed=0):
 def peft_logits(model, ids):
     """PEFT returns logits for virtual positions too (peft#482): keep the last L rows."""
     with torch.no_grad():
-        return model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[:, -ids.shape[1] :]
+        return model(input_ids=ids, attention_mask=torch.ones_like(ids), **peft_task_ids(model, ids)).logits[:, -ids.shape[1] :]
+
+
+def peft_task_ids(model, ids) -> dict:
+    """PEFT's multitask prompts want task_ids even with one task."""
+    multitask = model.active_peft_config.peft_type == peft.PeftType.MULTITASK_PROMPT_TUNING
+    return {"task_ids": torch.zeros(ids.shape[0], dtype=torch.long)} if multitask else {}
 
 
 def our_logits(model, ids):
@@ -94,7 +104,7 @@ def test_peft_logits_agree_on_training_forward_loss(method):
     labels = ids.clone()
     labels[:, :2] = -100
     with torch.no_grad():
-        peft_loss = theirs(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels).loss
+        peft_loss = theirs(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels, **peft_task_ids(theirs, ids)).loss
         our_loss = ours(input_ids=ids, labels=labels).loss
     torch.testing.assert_close(our_loss, peft_loss)
 

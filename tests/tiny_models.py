@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from softprompt import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig
+from softprompt import CPTConfig, MultitaskPromptTuningConfig, PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig
 from transformers import (
     AutoModelForCausalLM,
     BloomConfig,
@@ -61,8 +61,17 @@ METHOD_CONFIGS = {
     ),
     "prefix_tuning": lambda: PrefixTuningConfig(num_virtual_tokens=4),
     "prefix_projection": lambda: PrefixTuningConfig(num_virtual_tokens=4, prefix_projection=True, encoder_hidden_size=16),
+    "multitask": lambda: MultitaskPromptTuningConfig(num_virtual_tokens=4, num_tasks=1, num_ranks=2),
+    # an in-context example: template, input, output template, label (CPT keeps the label token fixed)
+    "cpt": lambda: CPTConfig(cpt_token_ids=[40, 41, 42, 43, 44], cpt_tokens_type_mask=[1, 2, 2, 3, 4]),
 }
 METHODS = list(METHOD_CONFIGS)
+OWN_LOSS = {"cpt"}  # methods whose training loss is their own (CPT also scores the prompt's labels)
+
+
+def trainable(model):
+    """The prompt's trainable parameters (CPT keeps its example embeddings frozen)."""
+    return [p for p in model.prompt_source.parameters() if p.requires_grad]
 
 
 def left_padded_batch(seed: int = 0, lengths=(7, 4, 2)):

@@ -508,7 +508,8 @@ def read_adapter(model: nn.Module, shape, model_id, is_trainable: bool, **hub_kw
                 "without the encoder it was trained with. Save with include_prompt_source=True to resume exactly."
             )
         source = PromptTable(table, source_class.injection)
-    source.requires_grad_(is_trainable)
+    if not is_trainable:  # for training, each source keeps its own choice (CPT's example embeddings stay frozen)
+        source.requires_grad_(False)
     return config, source
 
 

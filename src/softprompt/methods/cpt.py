@@ -91,10 +91,14 @@ class CPTEmbedding(nn.Module):
 
     @torch.no_grad()
     def project(self) -> None:
-        """Pull each token's delta back inside its epsilon ball (changes nothing inside it)."""
+        """Pull each token's delta back inside its epsilon ball (changes nothing inside it).
+
+        A delta just pulled back may sit an ulp outside; the tolerance keeps a second call from moving it
+        again, so the prompt stays the same from call to call (and the saved table equals the used one).
+        """
         delta = self.delta_embedding.weight
         norms = delta.norm(dim=1)
-        outside = norms > self.epsilon
+        outside = norms > self.epsilon * (1 + 1e-6)
         if outside.any():
             delta[outside] *= (self.epsilon[outside] / norms[outside])[:, None]
 
