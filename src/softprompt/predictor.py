@@ -27,7 +27,7 @@ from torch import nn
 from .config import PromptLearningConfig
 from .data import DataError, Encoder, Example, pad_left, sorted_batches
 from .evaluate import classify_by_generation, score_rows
-from .model import PeftModel, PeftModelForCausalLM
+from .model import BASE_ADAPTER, PeftModel, PeftModelForCausalLM
 from .task import MISSING_TASK_HINT, load_task
 
 DTYPES = {
@@ -160,12 +160,13 @@ class Predictor:
         self.model.check_known(adapter)
         return adapter
 
-    def row_adapters(self, adapter, count: int) -> list[str]:
-        if adapter is None or isinstance(adapter, str):
-            return [self.resolve(adapter)] * count
-        if len(adapter) != count:
-            raise ValueError(f"adapter has {len(adapter)} names for {count} inputs: give one name, or one per input.")
-        return [self.resolve(name) for name in adapter]
+    def row_adapters(self, adapter, count: int, bare_model_allowed: bool = False) -> list[str | None]:
+        """One adapter name per input from one name (or None: the first adapter) or a list of them;
+        with `bare_model_allowed`, "__base__" stands for the bare base model (None)."""
+        names = [adapter] * count if adapter is None or isinstance(adapter, str) else list(adapter)
+        if len(names) != count:
+            raise ValueError(f"adapter has {len(names)} names for {count} inputs: give one name, or one per input.")
+        return [None if bare_model_allowed and name == BASE_ADAPTER else self.resolve(name) for name in names]
 
     # ---- inputs ------------------------------------------------------------------------------
     def examples(self, inputs, names: list[str]) -> list[Example]:
@@ -263,21 +264,12 @@ class Predictor:
         first adapter; "__base__" runs the bare model. Other arguments go to transformers' `generate`
         (do_sample, temperature, top_p, num_beams...; greedy by default)."""
         inputs = [inputs] if isinstance(inputs, (str, dict)) else list(inputs)
-        names = self.generation_adapters(adapter, len(inputs))
+        names = self.row_adapters(adapter, len(inputs), bare_model_allowed=True)
         prompts = [
             self.tokenizer(item)["input_ids"] if isinstance(item, str) else self.examples([item], [name])[0].prompt_ids
             for item, name in zip(inputs, names)
         ]
         return self.generate_ids(prompts, names, max_new_tokens=max_new_tokens, **generate_kwargs)
-
-    def generation_adapters(self, adapter, count: int) -> list[str | None]:
-        from .model import BASE_ADAPTER
-
-        if adapter is None or isinstance(adapter, str):
-            adapter = [adapter] * count
-        if len(adapter) != count:
-            raise ValueError(f"adapter has {len(adapter)} names for {count} inputs: give one name, or one per input.")
-        return [None if name == BASE_ADAPTER else self.resolve(name) for name in adapter]
 
     def generate_ids(self, prompts: list[list[int]], names: list[str | None], skip_special_tokens: bool = True, **generate_kwargs) -> list:
         """Batched generation from token ids, one adapter (or None) per row; returns the decoded new text
