@@ -45,8 +45,9 @@ def test_encoder_sizes_must_be_positive(bad):
 def test_dropout_range_and_task_type():
     with pytest.raises(ConfigError, match="encoder_dropout"):
         PromptEncoderConfig(num_virtual_tokens=8, encoder_dropout=1.5)
-    with pytest.raises(ConfigError, match="CAUSAL_LM"):
-        PromptTuningConfig(num_virtual_tokens=8, task_type="SEQ_CLS")
+    with pytest.raises(ConfigError, match="CAUSAL_LM"):  # seq2seq is not built yet
+        PromptTuningConfig(num_virtual_tokens=8, task_type="SEQ_2_SEQ_LM")
+    assert PromptTuningConfig(num_virtual_tokens=8, task_type="SEQ_CLS").task_type == "SEQ_CLS"
 
 
 def test_unknown_method_name():

@@ -18,6 +18,7 @@ from .methods import (
 from .model import AutoPeftModelForCausalLM, PeftModel, PeftModelForCausalLM, get_peft_model
 from .models import DEFAULT_MODEL, ModelNotFoundError, load_base_model, load_tokenizer
 from .predictor import Predictor
+from .seq_cls import AutoPeftModelForSequenceClassification, PeftModelForSequenceClassification
 
 __version__ = "0.1.0"
 
@@ -25,6 +26,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "AdapterError",
     "AutoPeftModelForCausalLM",
+    "AutoPeftModelForSequenceClassification",
     "CPTConfig",
     "ConfigError",
     "ModelNotFoundError",
@@ -33,6 +35,7 @@ __all__ = [
     "PeftConfig",
     "PeftModel",
     "PeftModelForCausalLM",
+    "PeftModelForSequenceClassification",
     "PeftType",
     "Predictor",
     "PrefixTuningConfig",

@@ -55,7 +55,7 @@ class PromptLearningConfig:
     default_learning_rate: ClassVar[float] = 3e-2  # what training uses unless told otherwise
 
     task_type: str | None = TaskType.CAUSAL_LM
-    """The task; softprompt wraps causal language models, so only CAUSAL_LM is accepted."""
+    """CAUSAL_LM (a language model) or SEQ_CLS (a model with a classification head, trained with the prompt)."""
     num_virtual_tokens: int | None = None
     """How many virtual tokens the prompt has (PEFT's guide uses 8 or 20)."""
     base_model_name_or_path: str | None = None
@@ -73,10 +73,10 @@ class PromptLearningConfig:
 
     def __post_init__(self) -> None:
         self.task_type = _plain(self.task_type)
-        if self.task_type not in (None, TaskType.CAUSAL_LM.value):
+        if self.task_type not in (None, TaskType.CAUSAL_LM.value, TaskType.SEQ_CLS.value):
             raise ConfigError(
-                f"task_type={self.task_type!r} is not supported: softprompt wraps causal language models. "
-                "Use task_type='CAUSAL_LM' (TaskType.CAUSAL_LM)."
+                f"task_type={self.task_type!r} is not supported yet: softprompt wraps causal language models "
+                "(task_type='CAUSAL_LM') and models with a sequence classification head (task_type='SEQ_CLS')."
             )
         if not isinstance(self.num_virtual_tokens, int) or isinstance(self.num_virtual_tokens, bool):
             raise ConfigError(

@@ -94,8 +94,16 @@ class PeftModel(nn.Module):
         adapters already loaded are not touched. `set_adapter(adapter_name)` makes it the active one.
         """
         self.check_new_name(adapter_name)
-        config, source = read_adapter(self.base_model, self.shape, model_id, is_trainable, **hub_kwargs)
+        config, source, tensors = read_adapter(self.base_model, self.shape, model_id, is_trainable, **hub_kwargs)
         self.add_adapter(adapter_name, config, source)
+        self.take_adapter_tensors(adapter_name, tensors, is_trainable)
+
+    def take_adapter_tensors(self, adapter_name: str, tensors: dict, is_trainable: bool) -> None:
+        """A wrapper with parts of its own in the adapter file (a classification head) takes them here."""
+
+    def extra_adapter_tensors(self, adapter_name: str) -> dict[str, torch.Tensor]:
+        """What such a wrapper adds to the adapter file, in PEFT's names."""
+        return {}
 
     def set_adapter(self, adapter_name: str) -> None:
         """Make `adapter_name` the adapter used by calls that pass no `adapter_names`."""
@@ -448,6 +456,7 @@ class PeftModel(nn.Module):
                 tensors = {key: t.float() for key, t in source.adapter_tensors().items()}
             else:
                 tensors = {adapters.TABLE_KEY: self.prompt_table(name).float()}
+        tensors.update(self.extra_adapter_tensors(name))
         adapters.save_tensors(tensors, Path(folder) / adapters.WEIGHTS_NAME)
         if include_prompt_source:
             adapters.save_tensors(dict(self.prompt_encoder[name].state_dict()), Path(folder) / adapters.SOURCE_NAME)
@@ -458,9 +467,13 @@ class PeftModel(nn.Module):
     def from_pretrained(
         cls, model: nn.Module, model_id: str | os.PathLike, adapter_name: str = "default", is_trainable: bool = False, **hub_kwargs
     ) -> "PeftModel":
-        """Attach a saved adapter (ours or PEFT's, local folder or hub repo) to `model`."""
-        config, source = read_adapter(model, probe_shape(model), model_id, is_trainable, **hub_kwargs)
-        return cls(model, config, adapter_name, prompt_source=source)
+        """Attach a saved adapter (ours or PEFT's, local folder or hub repo) to `model`; the wrapper class
+        follows the adapter's task_type unless a specific one is asked for."""
+        config, source, tensors = read_adapter(model, probe_shape(model), model_id, is_trainable, **hub_kwargs)
+        target = wrapper_class(config.task_type) if cls in (PeftModel, PeftModelForCausalLM) else cls
+        wrapped = target(model, config, adapter_name, prompt_source=source)
+        wrapped.take_adapter_tensors(adapter_name, tensors, is_trainable)
+        return wrapped
 
     def push_to_hub(self, repo_id: str, private: bool | None = None, token: str | None = None, commit_message: str = "Upload prompt adapter") -> str:
         """Upload the active adapter as one commit (all files or none). Returns the commit URL."""
@@ -472,8 +485,8 @@ class PeftModel(nn.Module):
 BASE_ADAPTER_METHODS = base_model_adapter_methods() - set(dir(PeftModel))
 
 
-def read_adapter(model: nn.Module, shape, model_id, is_trainable: bool, **hub_kwargs) -> tuple[PromptLearningConfig, nn.Module]:
-    """A saved adapter's config and prompt source, checked against the base model's shape.
+def read_adapter(model: nn.Module, shape, model_id, is_trainable: bool, **hub_kwargs) -> tuple[PromptLearningConfig, nn.Module, dict]:
+    """A saved adapter's config, prompt source and file tensors, checked against the base model's shape.
 
     Inference gets the collapsed table; training (`is_trainable`) gets the full source when the folder
     has it (prompt_source.safetensors), so encoders resume exactly.
@@ -510,7 +523,7 @@ def read_adapter(model: nn.Module, shape, model_id, is_trainable: bool, **hub_kw
         source = PromptTable(table, source_class.injection)
     if not is_trainable:  # for training, each source keeps its own choice (CPT's example embeddings stay frozen)
         source.requires_grad_(False)
-    return config, source
+    return config, source, tensors
 
 
 class PeftModelForCausalLM(PeftModel):
@@ -561,9 +574,16 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, num_virtual: int)
     return F.cross_entropy(predictions.float().reshape(-1, predictions.shape[-1]), targets.reshape(-1), ignore_index=-100)
 
 
+def wrapper_class(task_type) -> type[PeftModel]:
+    """The wrapper for a task type: CAUSAL_LM (or none) -> PeftModelForCausalLM, SEQ_CLS -> ...ForSequenceClassification."""
+    from .seq_cls import PeftModelForSequenceClassification
+
+    return PeftModelForSequenceClassification if task_type == "SEQ_CLS" else PeftModelForCausalLM
+
+
 def get_peft_model(model: nn.Module, peft_config: PromptLearningConfig, adapter_name: str = "default", **_) -> PeftModel:
-    """Freeze `model` and attach a new prompt described by `peft_config`."""
-    return PeftModelForCausalLM(model, peft_config, adapter_name)
+    """Freeze `model` and attach a new prompt described by `peft_config` (its task_type picks the wrapper)."""
+    return wrapper_class(peft_config.task_type)(model, peft_config, adapter_name)
 
 
 class AutoPeftModelForCausalLM:

@@ -93,11 +93,13 @@ def _from_pretrained(auto_class, what: str, name_or_path: str, **kwargs):
         ) from error
 
 
-def load_base_model(name_or_path: str = DEFAULT_MODEL, *, trust_remote_code: bool = False, **kwargs):
-    """Load a causal LM by local folder, hub id or `smollm2-135m`; errors say what to do."""
+def load_base_model(name_or_path: str = DEFAULT_MODEL, *, trust_remote_code: bool = False, auto_class=None, **kwargs):
+    """Load a causal LM (or, with `auto_class`, e.g. a sequence classifier) by local folder, hub id or
+    `smollm2-135m`; errors say what to do."""
     from transformers import AutoModelForCausalLM
 
-    model = _from_pretrained(AutoModelForCausalLM, "base model", name_or_path, trust_remote_code=trust_remote_code, **kwargs)
+    auto_class = auto_class or AutoModelForCausalLM
+    model = _from_pretrained(auto_class, "base model", name_or_path, trust_remote_code=trust_remote_code, **kwargs)
     if is_default_model(name_or_path):
         # saved adapters name the portable alias, not this machine's cache path
         model.config.name_or_path = model.name_or_path = DEFAULT_MODEL
