@@ -31,7 +31,11 @@ def accepts_position_ids(model: nn.Module) -> bool:
 
 
 def output_cache(output):
-    return output["cache"] if "cache" in output else output["past_key_values"]
+    """The cache a forward returned, or None (encoders keep none)."""
+    for name in ("cache", "past_key_values"):
+        if output.get(name) is not None:
+            return output[name]
+    return None
 
 
 def allow_checkpointing_with_cache(model: nn.Module) -> None:

@@ -49,7 +49,13 @@ def probe_shape(model: nn.Module) -> ModelShape:
     model.eval()
     output = model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=device), use_cache=True)
     model.train(was_training)
-    layers = layer_states(output_cache(output))
+    cache = output_cache(output)
+    if cache is None:
+        raise ValueError(
+            f"{type(model).__name__} keeps no key/value cache: softprompt wraps decoder models (causal LMs and decoders "
+            "with a classification head). Bidirectional encoders (BERT, RoBERTa, MPNet) are not supported yet."
+        )
+    layers = layer_states(cache)
     keys = layers[0][0]  # [1, kv_heads, 1, head_dim]
     return ModelShape(
         hidden_size=model.get_input_embeddings().embedding_dim,

