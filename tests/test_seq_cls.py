@@ -169,3 +169,44 @@ def test_sequence_classification_errors_are_clear(tmp_path):
         PeftModelForSequenceClassification.from_pretrained(classifier("llama_gqa"), tmp_path)
     with pytest.raises(TypeError, match="does not generate"):
         wrapped("prompt_tuning", "llama_gqa").generate(input_ids=torch.ones(1, 2, dtype=torch.long))
+
+
+@pytest.mark.parametrize("method", ["prompt_tuning", "prefix_tuning"])
+def test_training_a_sequence_classifier_and_predicting_with_it(method, tmp_path):
+    import json
+
+    from softprompt import Predictor
+    from softprompt.train import TrainConfig, train
+    from test_workflow import run_cli
+    from tiny_run import run_config
+
+    config = run_config(tmp_path, method, epochs=3, lr=0.05)
+    config["task"].update(task_type="SEQ_CLS", template="{Tweet text}")
+    final = train(TrainConfig.from_dict(config))
+    assert final["epoch"] == 3 and 0 <= final["eval_macro_f1"] <= 1
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["train_loss"] < lines[0]["train_loss"]  # it learns
+    adapter = tmp_path / "run" / "adapter"
+    saved = load_file(str(adapter / "adapter_model.safetensors"))
+    assert saved["base_model.score.weight"].shape == (2, 32)  # the trained head, two classes
+    predictor = Predictor.from_pretrained(str(adapter))
+    assert isinstance(predictor.model, PeftModelForSequenceClassification)
+    texts = ["my order never arrived", "thanks for the quick help"]
+    probabilities = predictor.probabilities(texts)  # [2, 2]
+    done = run_cli(["predict", str(adapter), "--", *texts])
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r["p(complaint)"] for r in rows] == pytest.approx(probabilities[:, 0].tolist(), abs=1e-4)
+    # the checkpoint resumes with the head it trained
+    resumed = train(TrainConfig.from_dict({**config, "epochs": 4}), resume=True)
+    assert resumed["epoch"] == 4
+
+
+def test_a_sequence_classification_config_refuses_generation_eval(tmp_path):
+    from softprompt.train import TrainConfig
+    from tiny_run import run_config
+
+    config = run_config(tmp_path, "prompt_tuning", eval_method="generation")
+    config["task"]["task_type"] = "SEQ_CLS"
+    with pytest.raises(ValueError, match="needs a language model"):
+        TrainConfig.from_dict(config)

@@ -36,6 +36,8 @@ class TaskSpec:
     template: str | None = None
     """Format string over the text columns; default as in PEFT's guide: '{Tweet text} : {text} Label : '."""
     max_length: int = 64
+    task_type: str = "CAUSAL_LM"
+    """CAUSAL_LM: the model writes the label's words (label scoring); SEQ_CLS: a classification head picks it."""
 
     def prompt_template(self) -> str:
         if self.template:
@@ -150,9 +152,12 @@ class Encoder:
             raise DataError(f"The template {self.template!r} uses {missing}, which are not among text_columns {spec.text_columns}.")
         self.fields = fields
         self.eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        self.label_tokens = spec.task_type != "SEQ_CLS"  # a classification head needs no label words
 
     def target_ids(self, class_position: int) -> list[int]:
-        """Token ids of a class's verbalized label, then EOS."""
+        """Token ids of a class's verbalized label, then EOS (none for a classification head)."""
+        if not self.label_tokens:
+            return []
         text = self.spec.label_text(self.class_names[class_position])
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] + self.eos
 

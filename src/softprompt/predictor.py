@@ -29,6 +29,7 @@ from .data import DataError, Encoder, Example, pad_left, sorted_batches
 from .evaluate import classify_by_generation, score_rows
 from .model import BASE_ADAPTER, PeftModel, PeftModelForCausalLM
 from .task import MISSING_TASK_HINT, load_task
+from .tasks import LabelScoring, task_kind
 
 DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
@@ -100,11 +101,19 @@ class Predictor:
             raise ValueError("Predictor needs at least one adapter (a folder written by softprompt train, or a Hub id).")
         first_name, first = next(iter(named.items()))
         if base_model is None or isinstance(base_model, (str, os.PathLike)):
-            base_name = str(base_model or PromptLearningConfig.from_pretrained(first).base_model_name_or_path or "")
+            config = PromptLearningConfig.from_pretrained(first)
+            base_name = str(base_model or config.base_model_name_or_path or "")
             if not base_name:
                 raise ValueError(f"{first} does not name its base model: pass base_model=.")
             dtype = parse_dtype(dtype)
-            base_model = load_base_model(base_name, **({"dtype": dtype} if dtype is not None else {}))
+            kwargs = {"dtype": dtype} if dtype is not None else {}
+            if config.task_type == "SEQ_CLS":  # a classifier with a head of the adapter's size
+                from transformers import AutoModelForSequenceClassification
+
+                from .seq_cls import head_labels
+
+                kwargs.update(auto_class=AutoModelForSequenceClassification, num_labels=head_labels(first))
+            base_model = load_base_model(base_name, **kwargs)
         elif dtype is not None:
             base_model = base_model.to(parse_dtype(dtype))
         base_model = base_model.to(parse_device(device))
@@ -188,6 +197,15 @@ class Predictor:
         if not inputs:
             return []
         examples = self.examples(inputs, names)
+        kinds = {name: task_kind(self.task(name).spec.task_type) for name in set(names)}
+        if any(kind is not LabelScoring for kind in kinds.values()):  # a head per adapter: one adapter a batch
+            results: list = [None] * len(inputs)
+            for name, kind in kinds.items():
+                rows = [i for i, n in enumerate(names) if n == name]
+                scores = kind.class_log_scores(self.model, self.task(name), [examples[i] for i in rows], self.batch_size, progress, name)
+                for i, row in zip(rows, scores):
+                    results[i] = row
+            return results
         targets = {name: [self.task(name).target_ids(k) for k in range(len(self.task(name).class_names))] for name in set(names)}
         scores = score_rows(
             self.model, [e.prompt_ids for e in examples], [targets[name] for name in names], self.tokenizer.pad_token_id,

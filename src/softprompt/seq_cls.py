@@ -166,11 +166,17 @@ class AutoPeftModelForSequenceClassification:
         config = PromptLearningConfig.from_pretrained(pretrained_model_name_or_path)
         if not config.base_model_name_or_path:
             raise adapters.AdapterError(f"{pretrained_model_name_or_path} does not name its base model (base_model_name_or_path).")
-        tensors = adapters.read_adapter_tensors(pretrained_model_name_or_path)
-        head = [t for key, t in tensors.items() if key.startswith(HEAD_PREFIX) and key.endswith(".weight")]
-        if head:  # the head's size says how many labels
-            model_kwargs.setdefault("num_labels", head[-1].shape[0])
+        labels = head_labels(pretrained_model_name_or_path)
+        if labels:
+            model_kwargs.setdefault("num_labels", labels)
         base = load_base_model(config.base_model_name_or_path, auto_class=AutoModelForSequenceClassification, **model_kwargs)
         return PeftModelForSequenceClassification.from_pretrained(
             base, pretrained_model_name_or_path, adapter_name=adapter_name, is_trainable=is_trainable
         )
+
+
+def head_labels(location) -> int | None:
+    """How many classes an adapter's saved head has (its last weight's rows), or None without a head."""
+    tensors = adapters.read_adapter_tensors(location)
+    weights = [t for key, t in sorted(tensors.items()) if key.startswith(HEAD_PREFIX) and key.endswith(".weight")]
+    return weights[-1].shape[0] if weights else None

@@ -26,12 +26,13 @@ import yaml
 from safetensors.torch import load_file
 
 from . import adapters
-from .data import DataError, Encoder, Example, TaskSpec, collate_training, length_grouped_batches, load_table, resolve_label_names
-from .evaluate import classification_metrics, classify_by_generation, score_labels
+from .data import DataError, Encoder, Example, TaskSpec, length_grouped_batches, load_table, resolve_label_names
+from .evaluate import classification_metrics, classify_by_generation
 from .methods import config_class_for
 from .model import PeftModel, get_peft_model
 from .models import DEFAULT_MODEL, load_base_model, load_tokenizer
 from .task import write_task
+from .tasks import TASKS, task_kind
 
 STATE_NAME = "trainer_state.json"
 OPTIMIZER_NAME = "optimizer.safetensors"
@@ -102,6 +103,10 @@ class TrainConfig:
             problems.append(f"lr must be > 0, got {self.lr}")
         if self.eval_method not in ("scoring", "generation"):
             problems.append(f"eval_method must be 'scoring' or 'generation', got {self.eval_method!r}")
+        if self.task.task_type not in TASKS:
+            problems.append(f"task.task_type must be CAUSAL_LM or SEQ_CLS, got {self.task.task_type!r}")
+        elif self.eval_method == "generation" and self.task.task_type == "SEQ_CLS":
+            problems.append("eval_method 'generation' needs a language model: a SEQ_CLS head scores the classes")
         if self.best_metric not in ("accuracy", "macro_f1", "loss"):
             problems.append(f"best_metric must be accuracy, macro_f1 or loss, got {self.best_metric!r}")
         if not 0 <= self.validation_fraction < 1:
@@ -116,7 +121,7 @@ class TrainConfig:
         unknown = sorted(set(self.method_options) - known)
         if unknown:
             raise ValueError(f"method_options {unknown} are not fields of {config_class.__name__}; known: {sorted(known)}.")
-        return config_class(**{"base_model_name_or_path": self.model, **self.method_options})
+        return config_class(**{"base_model_name_or_path": self.model, "task_type": self.task.task_type, **self.method_options})
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike, overrides: dict | None = None) -> "TrainConfig":
@@ -267,10 +272,12 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     tokenizer = load_tokenizer(config.model)
     encoder, train_examples, selection, evaluation = load_task_data(config, tokenizer)
     report_truncation(train_examples, selection, evaluation, main)
-    base = load_base_model(config.model)
+    task = task_kind(config.task.task_type)(train_examples)
+    base = load_base_model(config.model, auto_class=task.auto_class(), **task.model_kwargs(encoder))
     model = get_peft_model(base, config.method_config())
     if state is not None:
         model.prompt_source.load_state_dict(load_file(str(checkpoint_dir / adapters.SOURCE_NAME)))
+        model.take_adapter_tensors(model.active_adapter, load_file(str(checkpoint_dir / adapters.WEIGHTS_NAME)), True)
     if main:
         model.print_trainable_parameters()
 
@@ -296,7 +303,6 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         adapters.atomic_write_bytes(out / "run_config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False).encode())
     pad_id = tokenizer.pad_token_id
-    keep = max(len(e.target_ids) for e in train_examples) + 1  # labels end every left-padded row
     for epoch in range(start_epoch, config.epochs):
         started = time.time()
         torch.manual_seed(config.seed + epoch)  # dropout and anything random: a function of (seed, epoch)
@@ -305,7 +311,7 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
             [len(e.prompt_ids) + len(e.target_ids) for e in epoch_rows], config.batch_size, config.seed + epoch
         )
         loader = torch.utils.data.DataLoader(
-            epoch_rows, batch_sampler=order, collate_fn=lambda rows: collate_training(rows, pad_id)
+            epoch_rows, batch_sampler=order, collate_fn=lambda rows: task.collate(rows, pad_id)
         )
         loader = accelerator.prepare_data_loader(loader)
         model.train()
@@ -314,7 +320,7 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
         progress = tqdm_or_none(loader, f"epoch {epoch + 1}/{config.epochs}", config.progress and main)
         for step, batch in enumerate(progress):
             with accelerator.accumulate(model):
-                loss = model(**batch, logits_to_keep=keep).loss
+                loss = task.loss(model, batch)
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(
                         f"The loss became {loss.item()} in epoch {epoch + 1}, batch {step + 1}. "
@@ -328,7 +334,7 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
                 if accelerator.sync_gradients:
                     scheduler.step()
                 optimizer.zero_grad()
-            tokens = (batch["labels"][:, 1:] != -100).sum()
+            tokens = task.weight(batch)
             loss_sum += loss.detach() * tokens
             token_count += tokens
             if hasattr(progress, "set_postfix"):
@@ -367,15 +373,12 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
 
 
 def evaluate_examples(model, encoder, examples, config) -> dict:
-    """Loss/perplexity on the label tokens and classification metrics, from one scoring pass.
-
-    The gold label's summed log-likelihood is exactly the teacher-forced loss over the label tokens
-    (the prompt is masked), so no second pass over the data is needed.
-    """
-    scores = score_labels(model, encoder, examples, config.eval_batch_size, config.progress)  # [N, K]
+    """Loss/perplexity and classification metrics, from one pass of class scores (the task's: label
+    likelihoods, whose gold one is exactly the teacher-forced loss, or a head's log-probabilities)."""
+    task = task_kind(config.task.task_type)
+    scores = task.class_log_scores(model, encoder, examples, config.eval_batch_size, config.progress)  # [N, K]
     gold = [e.label for e in examples]
-    label_tokens = sum(len(encoder.target_ids(g)) for g in gold)
-    loss = -scores[torch.arange(len(gold)), torch.tensor(gold)].sum().item() / label_tokens
+    loss = task.eval_loss(scores, gold, encoder)
     if config.eval_method == "generation":
         predicted, _ = classify_by_generation(model, encoder, examples, config.eval_batch_size, config.progress)
     else:
