@@ -222,10 +222,8 @@ def test_requests_that_arrive_together_run_in_one_batch_whatever_their_adapters(
     try:
         jobs = []
         for name in ["complaints", "yesno", "ptuning"]:
-            task = predictor.task(name)
-            targets = [task.target_ids(k) for k in range(len(task.class_names))]
             examples = predictor.examples(TEXTS, [name] * len(TEXTS))
-            jobs.append((name, engine.submit(ScoreJob([e.prompt_ids for e in examples], [targets] * 3, [name] * 3))))
+            jobs.append((name, engine.submit(ScoreJob(examples, [name] * 3))))
         for name, future in jobs:
             got = torch.stack(future.result(timeout=30)).softmax(-1)
             torch.testing.assert_close(got, offline.probabilities(TEXTS, name), atol=1e-5, rtol=0)
@@ -237,11 +235,10 @@ def test_requests_that_arrive_together_run_in_one_batch_whatever_their_adapters(
 def test_one_failing_request_does_not_fail_the_others_in_its_batch(predictor):
     engine = Engine(predictor, max_wait_ms=200).start()
     try:
-        task = predictor.task("complaints")
-        targets = [task.target_ids(k) for k in range(2)]
-        prompt = predictor.examples(TEXTS[:1], ["complaints"])[0].prompt_ids
-        good = engine.submit(ScoreJob([prompt], [targets], ["complaints"]))
-        bad = engine.submit(ScoreJob([prompt], [targets], ["unloaded-meanwhile"]))
+        example = predictor.examples(TEXTS[:1], ["complaints"])[0]
+        prompt = example.prompt_ids
+        good = engine.submit(ScoreJob([example], ["complaints"]))
+        bad = engine.submit(ScoreJob([example], ["unloaded-meanwhile"]))
         also_good = engine.submit(GenerateJob(prompt, "yesno", 3, {"do_sample": False}))
         assert len(good.result(timeout=30)) == 1 and also_good.result(timeout=30).completion_tokens >= 1
         with pytest.raises(ValueError, match="Unknown adapter 'unloaded-meanwhile'"):
@@ -419,3 +416,21 @@ def test_sigterm_finishes_in_flight_requests_and_refuses_new_ones(trained_adapte
     # uvicorn re-raises the signal after its graceful shutdown, as process managers expect
     assert process.wait(timeout=60) in (0, -signal.SIGTERM)
     assert "Application shutdown complete" in process.stdout.read()
+
+
+def test_a_sequence_classification_adapter_is_served_too(tmp_path):
+    from softprompt.train import TrainConfig, train
+    from tiny_run import run_config
+
+    config = run_config(tmp_path, "prefix_tuning", epochs=2)
+    config["task"].update(task_type="SEQ_CLS", template="{Tweet text}")
+    train(TrainConfig.from_dict(config))
+    adapter = str(tmp_path / "run" / "adapter")
+    offline = Predictor.from_pretrained({"head": adapter}).classify(TEXTS, "head")
+    with TestClient(create_app(Predictor.from_pretrained({"head": adapter}))) as client:
+        body = client.post("/v1/classify", json={"model": "head", "input": TEXTS}).json()
+        for got, want in zip(body["data"], offline):
+            assert got["label"] == want["label"]
+            assert got["probabilities"] == pytest.approx(want["probabilities"], abs=1e-5)
+        refused = client.post("/v1/completions", json={"model": "head", "prompt": "x", "max_tokens": 2})
+        assert refused.status_code == 400 and "does not generate" in refused.json()["error"]["message"]

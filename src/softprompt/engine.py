@@ -18,23 +18,21 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .evaluate import score_rows
 from .predictor import Predictor
 
 
 @dataclass
 class ScoreJob:
-    """Label scoring for N rows: [N, K_i] log-likelihoods come back as a list of [K_i] tensors."""
+    """Class scores for N encoded rows, one adapter each: a list of [K_i] log-scores comes back."""
 
-    prompts: list[list[int]]
-    continuations: list[list[list[int]]]
-    adapters: list[str | None]
+    examples: list  # data.Example
+    adapters: list[str]
     future: Future = field(default_factory=Future)
     enqueued: float = field(default_factory=time.monotonic)
 
     @property
     def rows(self) -> int:
-        return len(self.prompts)
+        return len(self.examples)
 
     def adapter_set(self) -> tuple:
         return tuple(sorted(set(map(str, self.adapters))))
@@ -176,16 +174,12 @@ class Engine:
             job.future.set_result(result)
 
     def score(self, jobs: list[ScoreJob]) -> list[list[torch.Tensor]]:
-        prompts = [p for job in jobs for p in job.prompts]
-        continuations = [c for job in jobs for c in job.continuations]
+        examples = [e for job in jobs for e in job.examples]
         adapters = [a for job in jobs for a in job.adapters]
-        predictor = self.predictor
-        scores = score_rows(predictor.model, prompts, continuations, predictor.tokenizer.pad_token_id, adapters,
-                            self.max_batch_size, progress=False)  # [rows, max K]
+        scores = self.predictor.score_examples(examples, adapters)  # one [K_i] per row
         results, start = [], 0
         for job in jobs:
-            rows = scores[start : start + job.rows]
-            results.append([row[: len(c)] for row, c in zip(rows, job.continuations)])
+            results.append(scores[start : start + job.rows])
             start += job.rows
         return results
 

@@ -196,10 +196,14 @@ class Predictor:
         names = self.row_adapters(adapter, len(inputs))
         if not inputs:
             return []
-        examples = self.examples(inputs, names)
+        return self.score_examples(self.examples(inputs, names), names, progress)
+
+    def score_examples(self, examples: list[Example], names: list[str], progress: bool = False) -> list[torch.Tensor]:
+        """Class log-scores of encoded rows, one adapter per row: label scoring in mixed-adapter batches, or a
+        classification head (one adapter a batch, each has its own head)."""
         kinds = {name: task_kind(self.task(name).spec.task_type) for name in set(names)}
-        if any(kind is not LabelScoring for kind in kinds.values()):  # a head per adapter: one adapter a batch
-            results: list = [None] * len(inputs)
+        if any(kind is not LabelScoring for kind in kinds.values()):
+            results: list = [None] * len(examples)
             for name, kind in kinds.items():
                 rows = [i for i, n in enumerate(names) if n == name]
                 scores = kind.class_log_scores(self.model, self.task(name), [examples[i] for i in rows], self.batch_size, progress, name)
@@ -347,7 +351,8 @@ class Predictor:
 
             generate_kwargs["streamer"] = Streamer()
         count = generate_kwargs.get("num_return_sequences") or 1
-        eos = self.model.base_model.generation_config.eos_token_id
+        settings = getattr(self.model.base_model, "generation_config", None) or self.model.base_model.config  # classifiers have none
+        eos = settings.eos_token_id
         eos = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
         if generate_kwargs.get("eos_token_id") is not None:
             given = generate_kwargs["eos_token_id"]

@@ -185,7 +185,8 @@ def create_app(predictor: Predictor, api_key: str | None = None, max_batch_size:
         except (ValueError, TypeError) as error:
             raise APIError(400, str(error)) from error
 
-    eos = predictor.model.base_model.generation_config.eos_token_id
+    settings = getattr(predictor.model.base_model, "generation_config", None) or predictor.model.base_model.config  # a classifier has none
+    eos = settings.eos_token_id
     eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos])
     context = predictor.model.base_model.config.get_text_config()
     context_length = getattr(context, "max_position_embeddings", None) or getattr(context, "n_positions", None)
@@ -327,8 +328,7 @@ def create_app(predictor: Predictor, api_key: str | None = None, max_batch_size:
             examples = predictor.examples(inputs, [adapter] * len(inputs))
         except ValueError as error:
             raise APIError(400, str(error), "input") from error
-        targets = [task.target_ids(k) for k in range(len(task.class_names))]
-        scores = await run(ScoreJob([e.prompt_ids for e in examples], [targets] * len(examples), [adapter] * len(examples)))
+        scores = await run(ScoreJob(examples, [adapter] * len(examples)))
         data = []
         for index, row in enumerate(scores):
             probabilities = row.softmax(-1)
