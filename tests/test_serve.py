@@ -1,7 +1,6 @@
 """`softprompt serve`: every endpoint and every error in-process, then a real server with the openai client and a load test."""
 
 import json
-import os
 import shutil
 import signal
 import socket
@@ -10,7 +9,6 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import torch
