@@ -170,13 +170,6 @@ class Prefix:
             layers.append((keys.index_select(0, index), values.index_select(0, index)))  # [B, kv, P, hd]
         return cls(layers, mask)
 
-    def repeat_rows(self, times: int) -> "Prefix":
-        """Each row `times` times in a row (as generate expands inputs for beams or several sequences)."""
-        if times == 1:
-            return self
-        layers = [(k.repeat_interleave(times, 0), v.repeat_interleave(times, 0)) for k, v in self.layers]
-        return Prefix(layers, self.mask.repeat_interleave(times, 0))
-
 
 def left_pad(states: torch.Tensor, length: int) -> torch.Tensor:
     """[1, kv_heads, p, head_dim] -> [1, kv_heads, length, head_dim] with zeros in front."""
