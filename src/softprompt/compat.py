@@ -1,8 +1,8 @@
 """Every place softprompt touches transformers' internals, in one file.
 
 Cache layers, the cache argument's name, signature probing and the checkpointing switches change
-between transformers releases; when an upgrade breaks softprompt, it should break here (and in
-tests/test_compat.py), nowhere else. Probes are computed once per model class.
+between transformers releases; when an upgrade breaks softprompt, it should break here (and in the
+correctness tests that exercise it), nowhere else. Probes are computed once per model class.
 """
 
 from __future__ import annotations
@@ -131,19 +131,22 @@ PREFIX_ATTENTION = "softprompt_prefix"
 _ACTIVE_PREFIX: contextvars.ContextVar = contextvars.ContextVar("softprompt_prefix", default=None)
 
 
+INNER_ATTENTION = "_softprompt_inner_attention"  # on each module: the implementation the model had
+
+
 class PrefixCall:
     """One forward's prefix: per-layer (keys, values) [B, kv_heads, P, head_dim] and mask [B, P] (or None: no
     prefix, only recording the key shapes, as the shape probe does)."""
 
-    def __init__(self, layers=None, mask=None, inner: str = "eager"):
-        self.layers, self.mask, self.inner = layers, mask, inner
+    def __init__(self, layers=None, mask=None):
+        self.layers, self.mask = layers, mask
         self.calls = 0
         self.key_shapes: list = []
 
 
 def prefix_attention(module, query, key, value, attention_mask, **kwargs):
     call = _ACTIVE_PREFIX.get()
-    inner = "eager" if call is None else call.inner
+    inner = module.__dict__.get(INNER_ATTENTION, "eager")  # outside our forwards too, the model's own attention
     attend = (
         getattr(sys.modules[type(module).__module__], "eager_attention_forward")
         if inner == "eager"
@@ -183,23 +186,23 @@ def _attention_functions():
     return ALL_ATTENTION_FUNCTIONS
 
 
-def use_prefix_attention(model: nn.Module) -> str | None:
-    """Route the model's attention through `prefix_attention`; -> the implementation it had (None: it cannot)."""
+def use_prefix_attention(model: nn.Module) -> bool:
+    """Route the model's attention through `prefix_attention` (False: it cannot be routed)."""
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
     from transformers.modeling_utils import AttentionInterface
 
-    inner = model.__dict__.get("_softprompt_inner_attention")
-    if inner is not None:
-        return inner
+    if INNER_ATTENTION in model.__dict__:
+        return True
     inner = model.config._attn_implementation or "eager"
     AttentionInterface.register(PREFIX_ATTENTION, prefix_attention)
     ALL_MASK_ATTENTION_FUNCTIONS.register(PREFIX_ATTENTION, eager_mask)  # additive masks, which prefixed_mask extends
     try:
         model.set_attn_implementation(PREFIX_ATTENTION)
     except (ValueError, AttributeError):
-        return None
-    model.__dict__["_softprompt_inner_attention"] = inner  # on the instance: nothing reaches a saved config
-    return inner
+        return False
+    for module in model.modules():  # instance attributes: nothing reaches a saved config
+        module.__dict__[INNER_ATTENTION] = inner
+    return True
 
 
 @contextlib.contextmanager

@@ -77,8 +77,7 @@ def probe_shape(model: nn.Module) -> ModelShape:
 @torch.no_grad()
 def probe_encoder_shape(model: nn.Module, config) -> ModelShape:
     """A model that keeps no cache (an encoder): route its attention through ours and record the key shapes."""
-    inner = use_prefix_attention(model)
-    if inner is None:
+    if not use_prefix_attention(model):
         raise ValueError(
             f"{type(model).__name__} keeps no key/value cache and its attention cannot be routed through "
             "transformers' attention interface, so no prompt can reach its layers."
@@ -86,7 +85,7 @@ def probe_encoder_shape(model: nn.Module, config) -> ModelShape:
     device = model.get_input_embeddings().weight.device
     was_training = model.training
     model.eval()
-    with prefix_attention_context(PrefixCall(inner=inner)) as call:
+    with prefix_attention_context(PrefixCall()) as call:
         model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=device))
     model.train(was_training)
     keys = call.key_shapes  # one [1, kv_heads, 1, head_dim] per layer
@@ -115,10 +114,6 @@ class PromptStates:
 
     layers: LayerStates  # each [1, kv_heads, P, head_dim]
     logits: torch.Tensor | None = None
-
-    @property
-    def last_logits(self) -> torch.Tensor | None:
-        return None if self.logits is None else self.logits[:, -1:]  # [1, 1, V]
 
     @property
     def length(self) -> int:
@@ -153,18 +148,18 @@ class Prefix:
         """One prompt (or None: no prompt) per row, left-padded to the longest. `template`: any layer states,
         for the shapes, dtype and device of an empty prefix."""
         distinct = list({id(s): s for s in row_states if s is not None}.values())
+        if len(distinct) == 1 and all(s is distinct[0] for s in row_states):
+            return cls.shared(distinct[0], len(row_states))
         length = max((s.length for s in distinct), default=0)
         device = template[0][0].device
         lengths = torch.tensor([0 if s is None else s.length for s in row_states], device=device)
         mask = (torch.arange(length, device=device) >= length - lengths[:, None]).long()  # [B, P]
-        if len(distinct) == 1 and all(s is distinct[0] for s in row_states):
-            return cls.shared(distinct[0], len(row_states))
         # slot 0 is the empty prompt; rows pick their adapter's slot
         slot_of = {id(s): n + 1 for n, s in enumerate(distinct)}
         index = torch.tensor([0 if s is None else slot_of[id(s)] for s in row_states], device=device)
         layers = []
-        for layer, (k0, v0) in enumerate(template):
-            empty = k0.new_zeros(1, k0.shape[1], length, k0.shape[-1])
+        for layer, (like, _) in enumerate(template):
+            empty = like.new_zeros(1, like.shape[1], length, like.shape[-1])
             keys = torch.cat([empty] + [left_pad(s.layers[layer][0], length) for s in distinct])  # [1+U, kv, P, hd]
             values = torch.cat([empty] + [left_pad(s.layers[layer][1], length) for s in distinct])
             layers.append((keys.index_select(0, index), values.index_select(0, index)))  # [B, kv, P, hd]

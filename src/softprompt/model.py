@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections import OrderedDict
 import os
 import tempfile
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -42,6 +42,8 @@ BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in adapter_names
 
 class UnknownAdapterError(ValueError):
     """An adapter name that is not loaded; the message lists the loaded ones."""
+
+
 class PeftModel(nn.Module):
     """A frozen base model and one or more prompts. Use `get_peft_model` or `PeftModel.from_pretrained`."""
 
@@ -273,7 +275,7 @@ class PeftModel(nn.Module):
         if not any(rows):
             return None, None
         keys = list(zip(rows, tasks))
-        states = {key: self.prompt_states(*key[:1], task=key[1]) for key in set(keys) if key[0] is not None}
+        states = {(name, task): self.prompt_states(name, task=task) for name, task in set(keys) if name is not None}
         template = next(iter(states.values())).layers
         return Prefix.per_row([states.get(key) for key in keys], template), None
 
@@ -506,31 +508,37 @@ def read_adapter(model: nn.Module, shape, model_id, is_trainable: bool, **hub_kw
     check_config_fits(config, shape, model_id)
     config.fill_model_fields(shape)
     check_table_fits(table, config, shape, source_class.injection(shape).table_width())
-    full_source = source_class(config, shape, None)  # not initialised from the model
-    source_state = adapters.read_prompt_source(model_id, **hub_kwargs) if is_trainable else None
     if hasattr(source_class, "from_adapter_tensors"):  # the adapter file holds the whole source
         try:
             source = source_class.from_adapter_tensors(config, shape, {k: t.float() for k, t in tensors.items()})
         except (KeyError, RuntimeError) as error:
             raise adapters.AdapterError(f"The adapter {model_id} does not fit its adapter_config.json: {error}") from error
-    elif source_state is not None:  # resume training with the full source, encoder included
+    else:
+        source = collapsed_or_full_source(source_class, config, shape, table, model_id, is_trainable, **hub_kwargs)
+    if not is_trainable:  # for training, each source keeps its own choice (CPT's example embeddings stay frozen)
+        source.requires_grad_(False)
+    return config, source, tensors
+
+
+def collapsed_or_full_source(source_class, config, shape, table, model_id, is_trainable: bool, **hub_kwargs) -> nn.Module:
+    """The collapsed table for inference; for training, the full source (encoder included) when the folder has
+    prompt_source.safetensors, else the table with a warning if an encoder is lost."""
+    full_source = source_class(config, shape, None)  # not initialised from the model
+    source_state = adapters.read_prompt_source(model_id, **hub_kwargs) if is_trainable else None
+    if source_state is not None:  # resume training with the full source, encoder included
         try:
             full_source.load_state_dict(source_state)
         except RuntimeError as error:
             raise adapters.AdapterError(
                 f"{adapters.SOURCE_NAME} in {model_id} does not fit its adapter_config.json: {error}"
             ) from error
-        source = full_source
-    else:
-        if is_trainable and has_encoder(full_source):
-            warnings.warn(
-                f"{model_id} has no {adapters.SOURCE_NAME}: training continues from the collapsed prompt table, "
-                "without the encoder it was trained with. Save with include_prompt_source=True to resume exactly."
-            )
-        source = PromptTable(table, source_class.injection)
-    if not is_trainable:  # for training, each source keeps its own choice (CPT's example embeddings stay frozen)
-        source.requires_grad_(False)
-    return config, source, tensors
+        return full_source
+    if is_trainable and has_encoder(full_source):
+        warnings.warn(
+            f"{model_id} has no {adapters.SOURCE_NAME}: training continues from the collapsed prompt table, "
+            "without the encoder it was trained with. Save with include_prompt_source=True to resume exactly."
+        )
+    return PromptTable(table, source_class.injection)
 
 
 class PeftModelForCausalLM(PeftModel):

@@ -351,12 +351,7 @@ class Predictor:
 
             generate_kwargs["streamer"] = Streamer()
         count = generate_kwargs.get("num_return_sequences") or 1
-        settings = getattr(self.model.base_model, "generation_config", None) or self.model.base_model.config  # classifiers have none
-        eos = settings.eos_token_id
-        eos = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
-        if generate_kwargs.get("eos_token_id") is not None:
-            given = generate_kwargs["eos_token_id"]
-            eos = set(given if isinstance(given, (list, tuple)) else [given])
+        eos = self.eos_ids(generate_kwargs.get("eos_token_id"))
         results: list = [None] * (len(prompts) * count)
         device = self.model.device
         for batch in sorted_batches([len(p) for p in prompts], self.batch_size):
@@ -370,6 +365,13 @@ class Predictor:
                 i = batch[row // count]
                 results[i * count + row % count] = self.completion(new, eos, stop, max_new_tokens, len(prompts[i]), skip_special_tokens)
         return results
+
+    def eos_ids(self, given=None) -> set[int]:
+        """The token ids that end a generation: `given`, else the base model's (a classifier has no generation config)."""
+        if given is None:
+            settings = getattr(self.model.base_model, "generation_config", None) or self.model.base_model.config
+            given = settings.eos_token_id
+        return set(given if isinstance(given, (list, tuple)) else [given]) - {None}
 
     def completion(self, new: list[int], eos: set, stop, max_new_tokens: int, prompt_tokens: int, skip_special_tokens: bool):
         pad = self.tokenizer.pad_token_id

@@ -21,7 +21,7 @@ from transformers.modeling_outputs import SequenceClassifierOutputWithPast
 
 from . import adapters
 from .config import PromptLearningConfig
-from .compat import PrefixCall, prefix_attention_context, use_prefix_attention
+from .compat import PrefixCall, prefix_attention_context
 from .inject import KVPrefix, Prefix, run_with_prefix
 from .model import PeftModel
 
@@ -111,8 +111,7 @@ class PeftModelForSequenceClassification(PeftModel):
             raise ValueError("One batch of an encoder takes one task: group the rows by task_ids.")
         if isinstance(self.injections[name], KVPrefix):  # per-layer keys/values, through the attention hook
             prefix = Prefix.shared(self.prompt_states(name, task=task[0]), batch)
-            call = PrefixCall(prefix.layers, prefix.mask, use_prefix_attention(base))
-            with prefix_attention_context(call):
+            with prefix_attention_context(PrefixCall(prefix.layers, prefix.mask)):
                 return base(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **kwargs)
         table = self.prompt_table(name, task[0])  # [P, H], placed before the text
         if inputs_embeds is None:

@@ -185,9 +185,7 @@ def create_app(predictor: Predictor, api_key: str | None = None, max_batch_size:
         except (ValueError, TypeError) as error:
             raise APIError(400, str(error)) from error
 
-    settings = getattr(predictor.model.base_model, "generation_config", None) or predictor.model.base_model.config  # a classifier has none
-    eos = settings.eos_token_id
-    eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos])
+    eos_ids = predictor.eos_ids()
     context = predictor.model.base_model.config.get_text_config()
     context_length = getattr(context, "max_position_embeddings", None) or getattr(context, "n_positions", None)
 
