@@ -140,3 +140,22 @@ def test_an_encoder_without_a_classification_head_is_refused_clearly():
     masked_lm = AutoModelForMaskedLM.from_config(ENCODERS["bert"]())
     with pytest.raises(ValueError, match="bidirectional encoder"):
         get_peft_model(masked_lm, PromptTuningConfig(num_virtual_tokens=2))
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("arch", ENCODERS)
+def test_gradient_checkpointing_gives_the_same_gradients(method, arch):
+    """Layers recomputed during backward see the prefix their forward saw (it lives in a context variable)."""
+    ids, mask, _ = right_padded()
+    grads = []
+    for checkpointing in (False, True):
+        model = wrapped(method, arch).train()
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        model(input_ids=ids, attention_mask=mask, labels=torch.tensor([0, 1, 2])).loss.backward()
+        grads.append([p.grad.clone() for p in model.prompt_source.parameters()])
+    for plain, checkpointed in zip(*grads):
+        torch.testing.assert_close(plain, checkpointed, atol=1e-6, rtol=1e-5)

@@ -18,14 +18,26 @@ from .methods import (
 from .model import AutoPeftModelForCausalLM, PeftModel, PeftModelForCausalLM, get_peft_model
 from .models import DEFAULT_MODEL, ModelNotFoundError, load_base_model, load_tokenizer
 from .predictor import Predictor
+from .seq2seq import AutoPeftModelForSeq2SeqLM, PeftModelForSeq2SeqLM
 from .seq_cls import AutoPeftModelForSequenceClassification, PeftModelForSequenceClassification
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """softprompt.Trainer and Seq2SeqTrainer import transformers' Trainer (seconds): only when asked for."""
+    if name in ("Trainer", "Seq2SeqTrainer"):
+        from . import hf_trainer
+
+        return getattr(hf_trainer, name)
+    raise AttributeError(f"module 'softprompt' has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_MODEL",
     "AdapterError",
     "AutoPeftModelForCausalLM",
+    "AutoPeftModelForSeq2SeqLM",
     "AutoPeftModelForSequenceClassification",
     "CPTConfig",
     "ConfigError",
@@ -35,6 +47,7 @@ __all__ = [
     "PeftConfig",
     "PeftModel",
     "PeftModelForCausalLM",
+    "PeftModelForSeq2SeqLM",
     "PeftModelForSequenceClassification",
     "PeftType",
     "Predictor",
@@ -44,7 +57,9 @@ __all__ = [
     "PromptLearningConfig",
     "PromptTuningConfig",
     "PromptTuningInit",
+    "Seq2SeqTrainer",
     "TaskType",
+    "Trainer",
     "get_peft_config",
     "get_peft_model",
     "load_base_model",

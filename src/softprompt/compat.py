@@ -15,7 +15,7 @@ import sys
 
 import torch
 from torch import nn
-from transformers import DynamicCache
+from transformers import DynamicCache, EncoderDecoderCache
 from transformers.cache_utils import DynamicLayer
 
 
@@ -53,6 +53,7 @@ def allow_checkpointing_with_cache(model: nn.Module) -> None:
 
 
 def enable_checkpointing(model: nn.Module, kwargs: dict) -> None:
+    kwargs.setdefault("context_fn", prefix_checkpoint_contexts)  # non-reentrant checkpoints only (the ones we use)
     enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.2x name
     if enable is not None:
         enable(activation_checkpointing_kwargs=kwargs)
@@ -109,6 +110,37 @@ def filled_cache(model: nn.Module, layer_kv: list[tuple[torch.Tensor, torch.Tens
     for layer_idx, (keys, values) in enumerate(layer_kv):
         cache.update(keys, values, layer_idx)
     return cache
+
+
+class PassThroughLayer(DynamicLayer):
+    """A cross-attention cache layer that keeps nothing: every call attends to the encoder's states afresh."""
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        return key_states, value_states
+
+
+class _NeverUpdated(dict):
+    """EncoderDecoderCache.is_updated that never says a cross-attention layer is cached (stateless under recomputation)."""
+
+    def __setitem__(self, key, value):
+        pass
+
+    def get(self, key, default=None):
+        return False
+
+
+def decoder_prefix_cache(layer_kv: list[tuple[torch.Tensor, torch.Tensor]]) -> EncoderDecoderCache:
+    """A seq2seq forward's cache: the decoder's self-attention gets the fixed prefix, cross-attention nothing."""
+    cross = DynamicCache()
+    cross.layers = [PassThroughLayer() for _ in layer_kv]
+    cache = EncoderDecoderCache(frozen_prefix_cache(layer_kv), cross)
+    cache.is_updated = _NeverUpdated()
+    return cache
+
+
+def filled_decoder_cache(model: nn.Module, layer_kv: list[tuple[torch.Tensor, torch.Tensor]]) -> EncoderDecoderCache:
+    """A seq2seq generation's cache: the decoder's self-attention pre-filled with a prefix, cross-attention empty."""
+    return EncoderDecoderCache(filled_cache(model, layer_kv), DynamicCache(config=model.config))
 
 
 def layer_states(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -203,6 +235,20 @@ def use_prefix_attention(model: nn.Module) -> bool:
     for module in model.modules():  # instance attributes: nothing reaches a saved config
         module.__dict__[INNER_ATTENTION] = inner
     return True
+
+
+def prefix_checkpoint_contexts():
+    """torch checkpoint's `context_fn`: a layer recomputed during backward sees the prefix its forward saw.
+
+    The active prefix lives in a context variable that backward runs outside of; this captures it, with the
+    layer count so far (layers without an index), when the checkpointed layer first runs.
+    """
+    call = _ACTIVE_PREFIX.get()
+    if call is None or call.layers is None:
+        return contextlib.nullcontext(), contextlib.nullcontext()
+    replay = PrefixCall(call.layers, call.mask)
+    replay.calls = call.calls
+    return contextlib.nullcontext(), prefix_attention_context(replay)
 
 
 @contextlib.contextmanager

@@ -30,6 +30,9 @@ class TaskType(str, enum.Enum):
     FEATURE_EXTRACTION = "FEATURE_EXTRACTION"
 
 
+SUPPORTED_TASK_TYPES = (TaskType.CAUSAL_LM.value, TaskType.SEQ_CLS.value, TaskType.SEQ_2_SEQ_LM.value)
+
+
 class PeftType(str, enum.Enum):
     PROMPT_TUNING = "PROMPT_TUNING"
     P_TUNING = "P_TUNING"
@@ -55,7 +58,8 @@ class PromptLearningConfig:
     default_learning_rate: ClassVar[float] = 3e-2  # what training uses unless told otherwise
 
     task_type: str | None = TaskType.CAUSAL_LM
-    """CAUSAL_LM (a language model) or SEQ_CLS (a model with a classification head, trained with the prompt)."""
+    """CAUSAL_LM (a language model), SEQ_CLS (a model with a classification head, trained with the prompt) or
+    SEQ_2_SEQ_LM (an encoder-decoder such as T5 or BART)."""
     num_virtual_tokens: int | None = None
     """How many virtual tokens the prompt has (PEFT's guide uses 8 or 20)."""
     base_model_name_or_path: str | None = None
@@ -73,10 +77,11 @@ class PromptLearningConfig:
 
     def __post_init__(self) -> None:
         self.task_type = _plain(self.task_type)
-        if self.task_type not in (None, TaskType.CAUSAL_LM.value, TaskType.SEQ_CLS.value):
+        if self.task_type not in (None, *SUPPORTED_TASK_TYPES):
             raise ConfigError(
                 f"task_type={self.task_type!r} is not supported yet: softprompt wraps causal language models "
-                "(task_type='CAUSAL_LM') and models with a sequence classification head (task_type='SEQ_CLS')."
+                "(task_type='CAUSAL_LM'), models with a sequence classification head (task_type='SEQ_CLS') and "
+                "encoder-decoder models (task_type='SEQ_2_SEQ_LM')."
             )
         if not isinstance(self.num_virtual_tokens, int) or isinstance(self.num_virtual_tokens, bool):
             raise ConfigError(
@@ -95,7 +100,7 @@ class PromptLearningConfig:
         self.num_layers = shape.num_layers
         self.token_dim = shape.hidden_size
         self.num_attention_heads = shape.num_heads
-        self.num_transformer_submodules = 1
+        self.num_transformer_submodules = 2 if shape.encoder_decoder else 1  # PEFT's value: encoder and decoder
 
     # ---- JSON in PEFT's layout -------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

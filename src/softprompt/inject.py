@@ -42,6 +42,8 @@ class ModelShape:
     num_kv_heads: int
     head_dim: int
     bidirectional: bool = False  # an encoder: every token sees every other, and no cache is kept
+    encoder_decoder: bool = False  # T5, BART: the fields above describe the decoder; encoder_layers the encoder
+    encoder_layers: int = 0
 
     @property
     def kv_width(self) -> int:  # width of one layer's key (or value) for one token
@@ -56,21 +58,26 @@ def probe_shape(model: nn.Module) -> ModelShape:
     """
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     device = model.get_input_embeddings().weight.device
+    one_token = torch.zeros(1, 1, dtype=torch.long, device=device)
+    encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
+    extra = {"decoder_input_ids": one_token} if encoder_decoder else {}
     was_training = model.training
     model.eval()
-    output = model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=device), use_cache=True)
+    output = model(input_ids=one_token, use_cache=True, **extra)
     model.train(was_training)
     cache = output_cache(output)
     if cache is None:
         return probe_encoder_shape(model, config)
-    layers = layer_states(cache)
+    layers = layer_states(getattr(cache, "self_attention_cache", cache))  # a seq2seq model: the decoder's
     keys = layers[0][0]  # [1, kv_heads, 1, head_dim]
     return ModelShape(
         hidden_size=model.get_input_embeddings().embedding_dim,
         num_layers=len(layers),
-        num_heads=config.num_attention_heads,
+        num_heads=getattr(config, "num_attention_heads", None) or config.num_heads,
         num_kv_heads=keys.shape[1],
         head_dim=keys.shape[-1],
+        encoder_decoder=encoder_decoder,
+        encoder_layers=getattr(config, "num_hidden_layers", 0) if encoder_decoder else 0,
     )
 
 
@@ -210,6 +217,14 @@ class Injection:
     def prompt_states(self, model, table: torch.Tensor, with_logits: bool | str = False) -> PromptStates:
         """with_logits: False, True (the last virtual position's) or "all" (every virtual position's)."""
         raise NotImplementedError
+
+    def file_table(self, table: torch.Tensor) -> torch.Tensor:
+        """The table as the adapter file holds it (PEFT's layout); the same table unless a layout differs."""
+        return table
+
+    def table_from_file(self, table: torch.Tensor, num_virtual_tokens: int) -> torch.Tensor:
+        """The inverse of `file_table`: the [P, D] table this injection consumes."""
+        return table
 
 
 class EmbeddingPrefix(Injection):

@@ -48,6 +48,11 @@ class PeftModel(nn.Module):
     """A frozen base model and one or more prompts. Use `get_peft_model` or `PeftModel.from_pretrained`."""
 
     handles_encoders = False  # a wrapper that can prompt bidirectional encoders says so
+    # Our losses are per-batch means: transformers' Trainer then divides them by the gradient accumulation steps
+    # (else it passes num_items_in_batch, expecting a sum over the accumulated batch, and the gradient grows).
+    accepts_loss_kwargs = False
+    encoder_decoder = False  # the wrapper for encoder-decoder models (T5, BART) says so
+    injection_map: dict = {}  # how this wrapper places a method's injection: {KVPrefix: ItsOwnKind, ...}
 
     def __init__(
         self,
@@ -66,6 +71,12 @@ class PeftModel(nn.Module):
             raise ValueError(
                 f"{type(model).__name__} is a bidirectional encoder: softprompt prompts encoders for sequence "
                 "classification (AutoModelForSequenceClassification with task_type='SEQ_CLS')."
+            )
+        if self.shape.encoder_decoder != self.encoder_decoder:
+            raise ValueError(
+                f"{type(model).__name__} is an encoder-decoder model: use task_type='SEQ_2_SEQ_LM' (PeftModelForSeq2SeqLM)."
+                if self.shape.encoder_decoder
+                else f"{type(self).__name__} wraps encoder-decoder models (T5, BART); {type(model).__name__} is not one."
             )
         self.prompt_encoder = nn.ModuleDict()  # adapter name -> prompt source (PEFT's attribute name)
         self.peft_config: dict[str, PromptLearningConfig] = {}
@@ -94,7 +105,7 @@ class PeftModel(nn.Module):
         prompt_source.train(self.training)  # as the wrapper: a new adapter on a model in eval mode is in eval mode
         self.prompt_encoder[adapter_name] = prompt_source.to(self.base_model.get_input_embeddings().weight.device)
         self.peft_config[adapter_name] = peft_config
-        self.injections[adapter_name] = source_class.injection(self.shape)
+        self.injections[adapter_name] = self.injection_for(source_class)
 
     def load_adapter(self, model_id: str | os.PathLike, adapter_name: str, is_trainable: bool = False, **hub_kwargs) -> None:
         """Load a saved adapter (ours or PEFT's; folder or hub repo) beside the ones already loaded.
@@ -103,9 +114,12 @@ class PeftModel(nn.Module):
         adapters already loaded are not touched. `set_adapter(adapter_name)` makes it the active one.
         """
         self.check_new_name(adapter_name)
-        config, source, tensors = read_adapter(self.base_model, self.shape, model_id, is_trainable, **hub_kwargs)
+        config, source, tensors = read_adapter(self.base_model, self.shape, model_id, is_trainable, self.injection_map, **hub_kwargs)
         self.add_adapter(adapter_name, config, source)
         self.take_adapter_tensors(adapter_name, tensors, is_trainable)
+
+    def injection_for(self, source_class):
+        return self.injection_map.get(source_class.injection, source_class.injection)(self.shape)
 
     def take_adapter_tensors(self, adapter_name: str, tensors: dict, is_trainable: bool) -> None:
         """A wrapper with parts of its own in the adapter file (a classification head) takes them here."""
@@ -464,7 +478,7 @@ class PeftModel(nn.Module):
             if hasattr(source, "adapter_tensors"):  # a source that does not collapse to one table
                 tensors = {key: t.float() for key, t in source.adapter_tensors().items()}
             else:
-                tensors = {adapters.TABLE_KEY: self.prompt_table(name).float()}
+                tensors = {adapters.TABLE_KEY: self.injections[name].file_table(self.prompt_table(name).float())}
         tensors.update(self.extra_adapter_tensors(name))
         adapters.save_tensors(tensors, Path(folder) / adapters.WEIGHTS_NAME)
         if include_prompt_source:
@@ -478,8 +492,9 @@ class PeftModel(nn.Module):
     ) -> "PeftModel":
         """Attach a saved adapter (ours or PEFT's, local folder or hub repo) to `model`; the wrapper class
         follows the adapter's task_type unless a specific one is asked for."""
-        config, source, tensors = read_adapter(model, probe_shape(model), model_id, is_trainable, **hub_kwargs)
-        target = wrapper_class(config.task_type) if cls in (PeftModel, PeftModelForCausalLM) else cls
+        task_type = PromptLearningConfig.from_pretrained(model_id, **hub_kwargs).task_type
+        target = wrapper_class(task_type) if cls in (PeftModel, PeftModelForCausalLM) else cls
+        config, source, tensors = read_adapter(model, probe_shape(model), model_id, is_trainable, target.injection_map, **hub_kwargs)
         wrapped = target(model, config, adapter_name, prompt_source=source)
         wrapped.take_adapter_tensors(adapter_name, tensors, is_trainable)
         return wrapped
@@ -494,7 +509,9 @@ class PeftModel(nn.Module):
 BASE_ADAPTER_METHODS = base_model_adapter_methods() - set(dir(PeftModel))
 
 
-def read_adapter(model: nn.Module, shape, model_id, is_trainable: bool, **hub_kwargs) -> tuple[PromptLearningConfig, nn.Module, dict]:
+def read_adapter(
+    model: nn.Module, shape, model_id, is_trainable: bool, injection_map: dict | None = None, **hub_kwargs
+) -> tuple[PromptLearningConfig, nn.Module, dict]:
     """A saved adapter's config, prompt source and file tensors, checked against the base model's shape.
 
     Inference gets the collapsed table; training (`is_trainable`) gets the full source when the folder
@@ -503,11 +520,12 @@ def read_adapter(model: nn.Module, shape, model_id, is_trainable: bool, **hub_kw
     config = PromptLearningConfig.from_pretrained(model_id, **hub_kwargs)
     config.inference_mode = not is_trainable
     tensors = adapters.read_adapter_tensors(model_id, **hub_kwargs)
-    table = tensors[adapters.TABLE_KEY].float()
     source_class = source_class_for(config)
+    injection = (injection_map or {}).get(source_class.injection, source_class.injection)(shape)
+    table = injection.table_from_file(tensors[adapters.TABLE_KEY].float(), config.num_virtual_tokens)
     check_config_fits(config, shape, model_id)
     config.fill_model_fields(shape)
-    check_table_fits(table, config, shape, source_class.injection(shape).table_width())
+    check_table_fits(table, config, shape, injection.table_width())
     if hasattr(source_class, "from_adapter_tensors"):  # the adapter file holds the whole source
         try:
             source = source_class.from_adapter_tensors(config, shape, {k: t.float() for k, t in tensors.items()})
@@ -590,10 +608,13 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, num_virtual: int)
 
 
 def wrapper_class(task_type) -> type[PeftModel]:
-    """The wrapper for a task type: CAUSAL_LM (or none) -> PeftModelForCausalLM, SEQ_CLS -> ...ForSequenceClassification."""
+    """The wrapper for a task type: CAUSAL_LM (or none) -> PeftModelForCausalLM, SEQ_CLS -> ...ForSequenceClassification,
+    SEQ_2_SEQ_LM -> PeftModelForSeq2SeqLM."""
+    from .seq2seq import PeftModelForSeq2SeqLM
     from .seq_cls import PeftModelForSequenceClassification
 
-    return PeftModelForSequenceClassification if task_type == "SEQ_CLS" else PeftModelForCausalLM
+    wrappers = {"SEQ_CLS": PeftModelForSequenceClassification, "SEQ_2_SEQ_LM": PeftModelForSeq2SeqLM}
+    return wrappers.get(task_type, PeftModelForCausalLM)
 
 
 def get_peft_model(model: nn.Module, peft_config: PromptLearningConfig, adapter_name: str = "default", **_) -> PeftModel:

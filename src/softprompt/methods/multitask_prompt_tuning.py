@@ -52,6 +52,9 @@ class MultitaskPromptTuningConfig(PromptTuningConfig):
         enum_choice(self, "prompt_tuning_init", MultitaskPromptTuningInit)
         positive_int_or_none(self, "num_ranks")
         positive_int_or_none(self, "num_tasks")
+        if self.task_type == "SEQ_2_SEQ_LM":  # PEFT prompts the decoder too there; not built yet
+            raise ConfigError("Multitask prompt tuning of encoder-decoder models is not supported yet: use task_type='CAUSAL_LM', "
+                              "or prompt tuning for SEQ_2_SEQ_LM.")
         if self.prompt_tuning_init == "TEXT" and not (self.prompt_tuning_init_text or "").strip():
             raise ConfigError("prompt_tuning_init='TEXT' needs prompt_tuning_init_text, e.g. 'Classify the tweet:'.")
         if self.prompt_tuning_init in SOURCE_INITS and not self.prompt_tuning_init_state_dict_path:

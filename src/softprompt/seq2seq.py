@@ -1,0 +1,240 @@
+"""Prompts for a frozen encoder-decoder model (T5, BART): task_type SEQ_2_SEQ_LM, PEFT's `PeftModelForSeq2SeqLM`.
+
+- Prompt tuning and p-tuning (`EncoderTokens`): the virtual tokens come before the encoder's input, as PEFT places
+  them. PEFT's adapter file holds a second block of P rows, for a decoder prompt these methods never read: we
+  write zeros there and read the first P rows.
+- Prefix tuning (`DecoderPrefix`): key/value prefixes for the decoder's self-attention, meaning what PEFT 0.21
+  means (checked against its forward): PEFT views the table [P, L*2*kv] as 2L slots, repeats them and hands
+  decoder layer i the (keys, values) at slots 4i and 4i+1 of the repetition (counted mod 2L). So on an L-layer
+  decoder the layers from L/2 on reuse the first layers' prefixes and the odd slot pairs, which PEFT meant for
+  cross-attention, are read by nothing: the encoder gets no prefix, and cross-attention sees the encoder alone.
+  PEFT's own `generate` then drops the prefix altogether (transformers 5); ours generates what `forward` scores.
+- Rows are grouped by adapter and each group runs as its own batch: an encoder sees prompt and text together
+  and BART's decoder places tokens by absolute position, so a mixed batch equals each adapter's rows run alone.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers.modeling_outputs import Seq2SeqLMOutput
+
+from .compat import cache_argument, decoder_prefix_cache, filled_decoder_cache
+from .config import ConfigError, PromptLearningConfig
+from .inject import EmbeddingPrefix, KVPrefix, Prefix, PromptStates
+from .methods import source_class_for
+from .model import PeftModel
+
+
+class EncoderTokens(EmbeddingPrefix):
+    """Virtual token embeddings [P, hidden] placed before the encoder's input."""
+
+    def encoder_inputs(self, wrapper, name, task, input_ids, inputs_embeds, attention_mask):
+        """-> (input_ids, inputs_embeds, attention_mask) for the encoder: the prompt's rows before each row's text."""
+        base = wrapper.base_model
+        if inputs_embeds is None:
+            inputs_embeds = base.get_input_embeddings()(input_ids)  # [B, L, H]
+        batch, length = inputs_embeds.shape[:2]
+        table = wrapper.prompt_table(name, task).to(inputs_embeds.dtype)  # [P, H]
+        if attention_mask is None:
+            attention_mask = torch.ones(batch, length, dtype=torch.long, device=inputs_embeds.device)
+        mask = torch.cat([attention_mask.new_ones(batch, table.shape[0]), attention_mask], dim=1)  # [B, P+L]
+        return None, torch.cat([table.expand(batch, -1, -1), inputs_embeds], dim=1), mask
+
+    def decoder_prefix(self, wrapper, name, task, batch) -> Prefix | None:
+        return None
+
+    def file_table(self, table):
+        return torch.cat([table, torch.zeros_like(table)])  # [2P, H]: PEFT's unused decoder block
+
+    def table_from_file(self, table, num_virtual_tokens):
+        return table[:num_virtual_tokens] if table.shape[0] == 2 * num_virtual_tokens else table
+
+
+class DecoderPrefix(KVPrefix):
+    """Key/value prefixes for the decoder's self-attention, table [P, L*2*kv] read as PEFT reads it."""
+
+    def prompt_states(self, model, table, with_logits=False) -> PromptStates:
+        shape, num_virtual = self.shape, table.shape[0]
+        slots = 2 * shape.num_layers
+        dtype = model.get_input_embeddings().weight.dtype
+        kv = table.to(dtype).view(num_virtual, slots, shape.num_kv_heads, shape.head_dim)
+        kv = kv.permute(1, 2, 0, 3).unsqueeze(1)  # [2L, 1, kv_heads, P, head_dim]
+        return PromptStates([(kv[(4 * i) % slots], kv[(4 * i + 1) % slots]) for i in range(shape.num_layers)])
+
+    def encoder_inputs(self, wrapper, name, task, input_ids, inputs_embeds, attention_mask):
+        return input_ids, inputs_embeds, attention_mask
+
+    def decoder_prefix(self, wrapper, name, task, batch) -> Prefix:
+        return Prefix.shared(wrapper.prompt_states(name, task=task), batch)
+
+
+class PeftModelForSeq2SeqLM(PeftModel):
+    """A frozen encoder-decoder and one or more prompts. Logits are the decoder's [B, T, V]."""
+
+    encoder_decoder = True
+    injection_map = {EmbeddingPrefix: EncoderTokens, KVPrefix: DecoderPrefix}
+
+    def add_adapter(self, adapter_name: str, peft_config: PromptLearningConfig, prompt_source: nn.Module | None = None) -> None:
+        if source_class_for(peft_config).injection not in self.injection_map:
+            raise ConfigError(f"{peft_config.peft_type.value} does not support encoder-decoder models.")
+        super().add_adapter(adapter_name, peft_config, prompt_source)
+
+    def row_groups(self, adapter_names, task_ids, batch: int) -> dict[tuple, list[int]]:
+        """{(adapter or None, task): the rows that use it}, in first-seen order."""
+        if self.adapters_disabled:
+            rows = [None] * batch
+        elif adapter_names is None:
+            rows = [self.active_adapter] * batch
+        else:
+            rows = self.row_adapters(adapter_names, batch)
+        tasks = self.row_tasks(task_ids, rows) if any(rows) else [0] * batch
+        groups: dict[tuple, list[int]] = {}
+        for row, key in enumerate(zip(rows, tasks)):
+            groups.setdefault(key, []).append(row)
+        return groups
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        decoder_input_ids: torch.Tensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        decoder_inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        adapter_names: list[str | None] | None = None,
+        task_ids=None,
+        **kwargs,
+    ) -> Seq2SeqLMOutput:
+        """Decoder logits [B, T, V]; loss over `labels` != -100 (the decoder input is `labels` shifted right when
+        no decoder_input_ids are given, as the base model does)."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        batch = (input_ids if input_ids is not None else inputs_embeds).shape[0]
+        inputs = dict(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
+                      decoder_input_ids=decoder_input_ids, decoder_attention_mask=decoder_attention_mask,
+                      decoder_inputs_embeds=decoder_inputs_embeds, labels=labels)
+        groups = self.row_groups(adapter_names, task_ids, batch)
+        if len(groups) == 1:
+            (name, task), _ = next(iter(groups.items()))
+            output = self.group_forward(name, task, inputs, kwargs)
+            return Seq2SeqLMOutput(loss=output.loss, logits=output.logits)
+        logits = None
+        for (name, task), rows in groups.items():
+            index = torch.tensor(rows, device=(input_ids if input_ids is not None else inputs_embeds).device)
+            part = {key: None if value is None else value.index_select(0, index) for key, value in inputs.items()}
+            part_logits = self.group_forward(name, task, {**part, "labels": None} if labels is None else part, kwargs).logits
+            if logits is None:
+                logits = part_logits.new_empty(batch, *part_logits.shape[1:])  # [B, T, V]
+            logits[index] = part_logits
+        loss = None
+        if labels is not None:  # the base models' loss: mean cross-entropy over labels != -100
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.to(logits.device).reshape(-1), ignore_index=-100)
+        return Seq2SeqLMOutput(loss=loss, logits=logits)
+
+    def group_forward(self, name, task, inputs: dict, kwargs: dict):
+        """One adapter's rows (or the bare model's, name None) through the base model."""
+        base = self.base_model
+        if name is None:
+            return base(**inputs, **kwargs)
+        injection = self.injections[name]
+        input_ids, inputs_embeds, attention_mask = injection.encoder_inputs(
+            self, name, task, inputs["input_ids"], inputs["inputs_embeds"], inputs["attention_mask"]
+        )
+        inputs = {**inputs, "input_ids": input_ids, "inputs_embeds": inputs_embeds, "attention_mask": attention_mask}
+        batch = (input_ids if input_ids is not None else inputs_embeds).shape[0]
+        prefix = injection.decoder_prefix(self, name, task, batch)
+        extra = {}
+        if prefix is not None:
+            extra[cache_argument(base)] = decoder_prefix_cache(prefix.layers)
+            if inputs["decoder_attention_mask"] is not None:
+                inputs["decoder_attention_mask"] = torch.cat(
+                    [prefix.mask.to(inputs["decoder_attention_mask"].dtype), inputs["decoder_attention_mask"]], dim=1
+                )  # [B, P+T]
+        return base(**inputs, use_cache=False, **extra, **kwargs)
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                 adapter_names=None, task_ids=None, **kwargs):
+        """`transformers` generation (greedy, sampling, beams...); returns the decoder's tokens as the base model does.
+        `adapter_names`, `task_ids`: one per row; a mixed batch generates each adapter's rows as a group."""
+        if input_ids is None:
+            raise ValueError("generate() needs input_ids.")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        groups = self.row_groups(adapter_names, task_ids, input_ids.shape[0])
+        if len(groups) == 1:
+            (name, task), _ = next(iter(groups.items()))
+            return self.group_generate(name, task, input_ids, attention_mask, kwargs)
+        if kwargs.get("return_dict_in_generate"):
+            raise ValueError("return_dict_in_generate with several adapters in one batch: call generate once per adapter.")
+        settings = kwargs.get("generation_config") or self.base_model.generation_config
+        copies = kwargs.get("num_return_sequences", settings.num_return_sequences) or 1  # output rows per input row
+        pad = settings.pad_token_id if settings.pad_token_id is not None else 0
+        results, order = [], []
+        for (name, task), rows in groups.items():
+            index = torch.tensor(rows, device=input_ids.device)
+            results.append(self.group_generate(name, task, input_ids[index], attention_mask[index], dict(kwargs)))
+            order += [row * copies + k for row in rows for k in range(copies)]
+        width = max(result.shape[1] for result in results)
+        stacked = torch.cat([F.pad(result, (0, width - result.shape[1]), value=pad) for result in results])
+        output = torch.empty_like(stacked)
+        output[torch.tensor(order, device=stacked.device)] = stacked
+        return output
+
+    def group_generate(self, name, task, input_ids, attention_mask, kwargs: dict):
+        base = self.base_model
+        if name is None:
+            return base.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        injection = self.injections[name]
+        input_ids, inputs_embeds, attention_mask = injection.encoder_inputs(self, name, task, input_ids, None, attention_mask)
+        batch = attention_mask.shape[0]
+        settings = kwargs.get("generation_config") or base.generation_config
+        expand = max(kwargs.get("num_beams", settings.num_beams) or 1, kwargs.get("num_return_sequences", settings.num_return_sequences) or 1)
+        prefix = injection.decoder_prefix(self, name, task, batch * expand)  # rows as generate expands them
+        if prefix is None:  # the prompt is in the encoder's input
+            return base.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+        # The cache stands for P decoder positions that have no ids: placeholders generate will not embed.
+        num_virtual = prefix.length
+        start = kwargs.pop("decoder_input_ids", None)
+        if start is None:
+            first = settings.decoder_start_token_id
+            first = base.config.decoder_start_token_id if first is None else first
+            start = torch.full((batch, 1), first, dtype=torch.long, device=attention_mask.device)
+        placeholder = int(start[0, 0])  # generate puts a start token before ids that do not begin with one
+        kwargs["decoder_input_ids"] = torch.cat([start.new_full((batch, num_virtual), placeholder), start], dim=1)
+        kwargs["decoder_attention_mask"] = torch.cat([prefix.mask[::expand], torch.ones_like(start)], dim=1)  # [B, P+T]
+        for length_key in ("max_length", "min_length"):
+            if kwargs.get(length_key) is not None:
+                kwargs[length_key] += num_virtual
+        if kwargs.get("max_length") is None and kwargs.get("max_new_tokens") is None and settings.max_new_tokens is None:
+            kwargs["max_length"] = settings.max_length + num_virtual
+        kwargs[cache_argument(base)] = filled_decoder_cache(base, prefix.layers)
+        output = base.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        if isinstance(output, torch.Tensor):
+            return output[:, num_virtual:]
+        output.sequences = output.sequences[:, num_virtual:]
+        return output
+
+    def score_continuations(self, *args, **kwargs):
+        raise TypeError("Label scoring of encoder-decoder models is not available yet: call the model with labels for their loss.")
+
+
+class AutoPeftModelForSeq2SeqLM:
+    """Load an adapter and its encoder-decoder base model from the adapter folder (or hub repo) alone."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, is_trainable: bool = False, adapter_name: str = "default",
+                        **model_kwargs) -> PeftModelForSeq2SeqLM:
+        from transformers import AutoModelForSeq2SeqLM
+
+        from . import adapters
+        from .models import load_base_model
+
+        config = PromptLearningConfig.from_pretrained(pretrained_model_name_or_path)
+        if not config.base_model_name_or_path:
+            raise adapters.AdapterError(f"{pretrained_model_name_or_path} does not name its base model (base_model_name_or_path).")
+        base = load_base_model(config.base_model_name_or_path, auto_class=AutoModelForSeq2SeqLM, **model_kwargs)
+        return PeftModelForSeq2SeqLM.from_pretrained(base, pretrained_model_name_or_path, adapter_name=adapter_name, is_trainable=is_trainable)
