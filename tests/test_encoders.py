@@ -7,7 +7,15 @@ import torch
 from safetensors.torch import load_file
 from softprompt import PeftModel, PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, get_peft_model
 from softprompt.compat import frozen_prefix_cache
-from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, BertConfig, DistilBertConfig, RobertaConfig
+from softprompt.compat import PrefixCall, prefix_attention_context
+from transformers import (
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    BertConfig,
+    DistilBertConfig,
+    MPNetConfig,
+    RobertaConfig,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")  # PEFT's call
 VOCAB, LABELS = 128, 3
@@ -15,6 +23,8 @@ ENCODERS = {
     "bert": lambda: BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64),
     "roberta": lambda: RobertaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64),
     "distilbert": lambda: DistilBertConfig(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, hidden_dim=64),
+    # its attention bypasses transformers' attention interface: softprompt rewrites its forward (compat.py)
+    "mpnet": lambda: MPNetConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64),
 }
 METHODS = {
     "prompt_tuning": lambda: PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=4),
@@ -91,7 +101,7 @@ def test_bert_prefix_equals_the_backbone_run_with_a_prefix_cache():
 
 
 @pytest.mark.parametrize("method", ["prompt_tuning", "p_tuning"])
-@pytest.mark.parametrize("arch", ["bert", "roberta"])
+@pytest.mark.parametrize("arch", ["bert", "roberta", "mpnet"])
 def test_peft_reads_ours_and_we_read_peft(method, arch, tmp_path):
     ours = wrapped(method, arch)
     with torch.no_grad():
@@ -147,6 +157,10 @@ def test_an_encoder_without_a_classification_head_is_refused_clearly():
 def test_gradient_checkpointing_gives_the_same_gradients(method, arch):
     """Layers recomputed during backward see the prefix their forward saw (it lives in a context variable)."""
     ids, mask, _ = right_padded()
+    if arch == "mpnet":  # transformers' MPNet has no checkpointing: its own clear error reaches the user
+        with pytest.raises(ValueError, match="does not support activation checkpointing"):
+            wrapped(method, arch).gradient_checkpointing_enable()
+        return
     grads = []
     for checkpointing in (False, True):
         model = wrapped(method, arch).train()
@@ -159,3 +173,23 @@ def test_gradient_checkpointing_gives_the_same_gradients(method, arch):
         grads.append([p.grad.clone() for p in model.prompt_source.parameters()])
     for plain, checkpointed in zip(*grads):
         torch.testing.assert_close(plain, checkpointed, atol=1e-6, rtol=1e-5)
+
+
+def test_mpnet_rewritten_attention_equals_the_original():
+    """MPNet's attention, rewritten to take a prefix, gives the original model's logits without one, and with a
+    prefix whose every position is masked (the mask and MPNet's relative position bias are extended alike)."""
+    ids, mask, _ = right_padded()
+    original = encoder("mpnet")
+    model = wrapped("prefix_tuning", "mpnet")
+    states = model.prompt_states("default")
+    layers = [(k.expand(3, -1, -1, -1), v.expand(3, -1, -1, -1)) for k, v in states.layers]
+    with torch.no_grad():
+        expected = original(input_ids=ids, attention_mask=mask).logits
+        with model.disable_adapter():
+            torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).logits, expected, atol=1e-6, rtol=0)
+        with prefix_attention_context(PrefixCall(layers, torch.zeros(3, states.length, dtype=torch.long))):
+            masked = model.base_model(input_ids=ids, attention_mask=mask).logits  # the base's own head
+        torch.testing.assert_close(masked, expected, atol=1e-6, rtol=0)
+        with prefix_attention_context(PrefixCall(layers, torch.ones(3, states.length, dtype=torch.long))):
+            prefixed = model.base_model(input_ids=ids, attention_mask=mask).logits
+    assert (prefixed - expected).abs().max() > 1e-3

@@ -12,9 +12,11 @@ import contextvars
 import functools
 import inspect
 import sys
+import types
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from transformers import DynamicCache, EncoderDecoderCache
 from transformers.cache_utils import DynamicLayer
 
@@ -156,6 +158,17 @@ def base_model_adapter_methods() -> frozenset[str]:
     return frozenset(name for name in vars(PeftAdapterMixin) if not name.startswith("__"))
 
 
+def fsdp_sharded(*modules: nn.Module) -> bool:
+    """True when one of `modules` is an FSDP2 unit (`fully_shard`). Its parameters are gathered anew for each
+    forward, so their data pointers and versions do not follow their values, and every rank must run the same
+    collectives: nothing computed through them may be cached per rank."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # torch built without distributed
+        return False
+    return any(isinstance(module, FSDPModule) for module in modules)
+
+
 # ---- key/value prefixes for models that keep no cache (bidirectional encoders) ----------------
 # transformers 5's attention interface: a registered attention function that every layer calls. Ours adds
 # the active prefix's keys/values (and mask columns) for the layer, then runs the model's own attention.
@@ -180,7 +193,7 @@ def prefix_attention(module, query, key, value, attention_mask, **kwargs):
     call = _ACTIVE_PREFIX.get()
     inner = module.__dict__.get(INNER_ATTENTION, "eager")  # outside our forwards too, the model's own attention
     attend = (
-        getattr(sys.modules[type(module).__module__], "eager_attention_forward")
+        getattr(sys.modules[type(module).__module__], "eager_attention_forward", eager_attention)
         if inner == "eager"
         else _attention_functions()[inner]
     )
@@ -195,6 +208,8 @@ def prefix_attention(module, query, key, value, attention_mask, **kwargs):
             value = torch.cat([values.to(value.dtype), value], dim=-2)
             if attention_mask is not None or not bool(call.mask.all()):
                 attention_mask = prefixed_mask(attention_mask, call.mask, query, key)
+            if kwargs.get("position_bias") is not None:  # T5, MPNet: the prefix's keys get no position bias
+                kwargs["position_bias"] = F.pad(kwargs["position_bias"], (keys.shape[-2], 0))
     return attend(module, query, key, value, attention_mask, **kwargs)
 
 
@@ -210,6 +225,32 @@ def prefixed_mask(attention_mask, prefix_mask, query, key) -> torch.Tensor:
     elif attention_mask.dtype == torch.bool:
         attention_mask = torch.zeros_like(attention_mask, dtype=dtype).masked_fill(~attention_mask, blocked)
     return torch.cat([prefix, attention_mask.to(dtype).expand(batch, 1, length, -1)], dim=-1)
+
+
+def eager_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, position_bias=None, **kwargs):
+    """Attention with an additive bias and mask, for models with no eager function of their own:
+    query [B, H, q, d], key/value [B, H, k, d] -> ([B, q, H, d], weights [B, H, q, k])."""
+    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    if position_bias is not None:
+        scores = scores + position_bias
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    weights = F.dropout(scores.softmax(-1), p=dropout, training=module.training)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
+
+
+def mpnet_self_attention_forward(self, hidden_states, attention_mask=None, position_bias=None, output_attentions=False, **kwargs):
+    """MPNetSelfAttention.forward of transformers 5.24, with its attention run through `prefix_attention`."""
+    shape = (*hidden_states.shape[:-1], -1, self.attention_head_size)
+    query, key, value = (projection(hidden_states).view(shape).transpose(1, 2) for projection in (self.q, self.k, self.v))
+    output, weights = prefix_attention(self, query, key, value, attention_mask, dropout=self.dropout.p, position_bias=position_bias)
+    output = self.o(output.reshape(*hidden_states.shape[:-1], self.all_head_size))
+    return (output, weights) if output_attentions else (output,)
+
+
+# Attention modules that bypass transformers' attention interface: their forward, rewritten to go through ours.
+ATTENTION_SHIMS = {"MPNetSelfAttention": mpnet_self_attention_forward}
 
 
 def _attention_functions():
@@ -228,10 +269,18 @@ def use_prefix_attention(model: nn.Module) -> bool:
     inner = model.config._attn_implementation or "eager"
     AttentionInterface.register(PREFIX_ATTENTION, prefix_attention)
     ALL_MASK_ATTENTION_FUNCTIONS.register(PREFIX_ATTENTION, eager_mask)  # additive masks, which prefixed_mask extends
-    try:
-        model.set_attn_implementation(PREFIX_ATTENTION)
-    except (ValueError, AttributeError):
-        return False
+    shimmed = [module for module in model.modules() if type(module).__name__ in ATTENTION_SHIMS]
+    for module in shimmed:  # on the instance: the class (and every other model) stays as it is
+        module.forward = types.MethodType(ATTENTION_SHIMS[type(module).__name__], module)
+    if shimmed:
+        inner = "eager"
+    else:
+        try:
+            model.set_attn_implementation(PREFIX_ATTENTION)
+        except (ValueError, AttributeError):
+            return False
+        if model.config._attn_implementation != PREFIX_ATTENTION:  # some models only log that they cannot
+            return False
     for module in model.modules():  # instance attributes: nothing reaches a saved config
         module.__dict__[INNER_ATTENTION] = inner
     return True

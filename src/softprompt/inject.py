@@ -208,8 +208,9 @@ def run_with_prefix(model, prefix: Prefix | None, input_ids, inputs_embeds, atte
 class Injection:
     """How a prompt table enters the model: its width, and the prompt states it gives."""
 
-    def __init__(self, shape: ModelShape):
+    def __init__(self, shape: ModelShape, config=None):
         self.shape = shape
+        self.config = config  # the adapter's config, for injections whose layout depends on it
 
     def table_width(self) -> int:
         raise NotImplementedError

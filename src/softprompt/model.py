@@ -31,6 +31,7 @@ from .compat import (
     enable_checkpointing,
     filled_cache,
     frozen_prefix_cache,
+    fsdp_sharded,
     layer_states,
 )
 from .config import PromptLearningConfig
@@ -96,6 +97,11 @@ class PeftModel(nn.Module):
                 f"PrefixTuningConfig), got {type(peft_config).__name__}."
             )
         self.check_new_name(adapter_name)
+        if fsdp_sharded(*self.modules()) and (prompt_source is None or any(p.requires_grad for p in prompt_source.parameters())):
+            raise ValueError(
+                "Add trainable adapters before fully_shard: FSDP would neither shard a prompt added later nor reduce its "
+                "gradients. Wrap first (get_peft_model), then fully_shard the layers and the wrapper (the root)."
+            )
         if peft_config.base_model_name_or_path is None:
             peft_config.base_model_name_or_path = getattr(self.base_model, "name_or_path", None) or None
         peft_config.fill_model_fields(self.shape)
@@ -105,7 +111,7 @@ class PeftModel(nn.Module):
         prompt_source.train(self.training)  # as the wrapper: a new adapter on a model in eval mode is in eval mode
         self.prompt_encoder[adapter_name] = prompt_source.to(self.base_model.get_input_embeddings().weight.device)
         self.peft_config[adapter_name] = peft_config
-        self.injections[adapter_name] = self.injection_for(source_class)
+        self.injections[adapter_name] = self.injection_for(source_class, peft_config)
 
     def load_adapter(self, model_id: str | os.PathLike, adapter_name: str, is_trainable: bool = False, **hub_kwargs) -> None:
         """Load a saved adapter (ours or PEFT's; folder or hub repo) beside the ones already loaded.
@@ -118,8 +124,8 @@ class PeftModel(nn.Module):
         self.add_adapter(adapter_name, config, source)
         self.take_adapter_tensors(adapter_name, tensors, is_trainable)
 
-    def injection_for(self, source_class):
-        return self.injection_map.get(source_class.injection, source_class.injection)(self.shape)
+    def injection_for(self, source_class, config: PromptLearningConfig):
+        return self.injection_map.get(source_class.injection, source_class.injection)(self.shape, config)
 
     def take_adapter_tensors(self, adapter_name: str, tensors: dict, is_trainable: bool) -> None:
         """A wrapper with parts of its own in the adapter file (a classification head) takes them here."""
@@ -235,7 +241,7 @@ class PeftModel(nn.Module):
         source = self.prompt_encoder[adapter_name]
         base = self.base_model
         needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in source.parameters())
-        if with_logits or needs_grad or source.training:
+        if with_logits or needs_grad or source.training or fsdp_sharded(self, self.prompt_encoder, source):
             return self.injections[adapter_name].prompt_states(base, self.prompt_table(adapter_name, task), with_logits)
         weights = base.get_input_embeddings().weight
         version = (weights.dtype, weights.device, *((p.data_ptr(), p._version) for p in source.parameters()))
@@ -521,7 +527,7 @@ def read_adapter(
     config.inference_mode = not is_trainable
     tensors = adapters.read_adapter_tensors(model_id, **hub_kwargs)
     source_class = source_class_for(config)
-    injection = (injection_map or {}).get(source_class.injection, source_class.injection)(shape)
+    injection = (injection_map or {}).get(source_class.injection, source_class.injection)(shape, config)
     table = injection.table_from_file(tensors[adapters.TABLE_KEY].float(), config.num_virtual_tokens)
     check_config_fits(config, shape, model_id)
     config.fill_model_fields(shape)

@@ -9,6 +9,9 @@
   decoder the layers from L/2 on reuse the first layers' prefixes and the odd slot pairs, which PEFT meant for
   cross-attention, are read by nothing: the encoder gets no prefix, and cross-attention sees the encoder alone.
   PEFT's own `generate` then drops the prefix altogether (transformers 5); ours generates what `forward` scores.
+- `PrefixTuningConfig(encoder_prefix=True)` (softprompt's own) prefixes every encoder layer's self-attention too,
+  as Li & Liang did, through transformers' attention interface (the prefix keys get no position bias), and gives
+  each decoder layer its own slots: table [P, (L + L_enc) * 2 * kv], decoder layers first. PEFT cannot read it.
 - Rows are grouped by adapter and each group runs as its own batch: an encoder sees prompt and text together
   and BART's decoder places tokens by absolute position, so a mixed batch equals each adapter's rows run alone.
 """
@@ -20,7 +23,14 @@ from torch import nn
 from torch.nn import functional as F
 from transformers.modeling_outputs import Seq2SeqLMOutput
 
-from .compat import cache_argument, decoder_prefix_cache, filled_decoder_cache
+from .compat import (
+    PrefixCall,
+    cache_argument,
+    decoder_prefix_cache,
+    filled_decoder_cache,
+    prefix_attention_context,
+    use_prefix_attention,
+)
 from .config import ConfigError, PromptLearningConfig
 from .inject import EmbeddingPrefix, KVPrefix, Prefix, PromptStates
 from .methods import source_class_for
@@ -45,6 +55,12 @@ class EncoderTokens(EmbeddingPrefix):
     def decoder_prefix(self, wrapper, name, task, batch) -> Prefix | None:
         return None
 
+    def encoder_context(self, wrapper, name, task, batch):
+        return None
+
+    def attach(self, model) -> None:
+        """Prepare the base model for this injection (nothing to do)."""
+
     def file_table(self, table):
         return torch.cat([table, torch.zeros_like(table)])  # [2P, H]: PEFT's unused decoder block
 
@@ -53,21 +69,46 @@ class EncoderTokens(EmbeddingPrefix):
 
 
 class DecoderPrefix(KVPrefix):
-    """Key/value prefixes for the decoder's self-attention, table [P, L*2*kv] read as PEFT reads it."""
+    """Key/value prefixes for the decoder's self-attention, table [P, L*2*kv] read as PEFT reads it; with
+    `encoder_prefix`, table [P, (L + L_enc)*2*kv]: decoder layer i at slots 2i, 2i+1, then the encoder's layers."""
+
+    @property
+    def encoder_prefix(self) -> bool:
+        return bool(getattr(self.config, "encoder_prefix", False))
+
+    def table_width(self) -> int:
+        encoder_layers = self.shape.encoder_layers if self.encoder_prefix else 0
+        return (self.shape.num_layers + encoder_layers) * 2 * self.shape.kv_width
 
     def prompt_states(self, model, table, with_logits=False) -> PromptStates:
+        """Per-layer keys/values [1, kv_heads, P, head_dim]: the decoder's layers, then (encoder_prefix) the encoder's."""
         shape, num_virtual = self.shape, table.shape[0]
-        slots = 2 * shape.num_layers
+        slots = table.shape[1] // shape.kv_width
         dtype = model.get_input_embeddings().weight.dtype
         kv = table.to(dtype).view(num_virtual, slots, shape.num_kv_heads, shape.head_dim)
-        kv = kv.permute(1, 2, 0, 3).unsqueeze(1)  # [2L, 1, kv_heads, P, head_dim]
+        kv = kv.permute(1, 2, 0, 3).unsqueeze(1)  # [slots, 1, kv_heads, P, head_dim]
+        if self.encoder_prefix:
+            return PromptStates([(kv[2 * i], kv[2 * i + 1]) for i in range(slots // 2)])
         return PromptStates([(kv[(4 * i) % slots], kv[(4 * i + 1) % slots]) for i in range(shape.num_layers)])
 
     def encoder_inputs(self, wrapper, name, task, input_ids, inputs_embeds, attention_mask):
         return input_ids, inputs_embeds, attention_mask
 
     def decoder_prefix(self, wrapper, name, task, batch) -> Prefix:
-        return Prefix.shared(wrapper.prompt_states(name, task=task), batch)
+        prefix = Prefix.shared(wrapper.prompt_states(name, task=task), batch)
+        return Prefix(prefix.layers[: self.shape.num_layers], prefix.mask)
+
+    def attach(self, model) -> None:
+        """With encoder_prefix, route the model's attention through ours (once; it equals the model's own otherwise)."""
+        if self.encoder_prefix and not use_prefix_attention(model):
+            raise ValueError(f"{type(model).__name__}'s encoder attention cannot take a prefix: use encoder_prefix=False.")
+
+    def encoder_context(self, wrapper, name, task, batch):
+        """A context in which the encoder's attention takes the encoder's prefixes (None without encoder_prefix)."""
+        if not self.encoder_prefix:
+            return None
+        prefix = Prefix.shared(wrapper.prompt_states(name, task=task), batch)
+        return prefix_attention_context(PrefixCall(prefix.layers[self.shape.num_layers :], prefix.mask))
 
 
 class PeftModelForSeq2SeqLM(PeftModel):
@@ -80,6 +121,7 @@ class PeftModelForSeq2SeqLM(PeftModel):
         if source_class_for(peft_config).injection not in self.injection_map:
             raise ConfigError(f"{peft_config.peft_type.value} does not support encoder-decoder models.")
         super().add_adapter(adapter_name, peft_config, prompt_source)
+        self.injections[adapter_name].attach(self.base_model)
 
     def row_groups(self, adapter_names, task_ids, batch: int) -> dict[tuple, list[int]]:
         """{(adapter or None, task): the rows that use it}, in first-seen order."""
@@ -145,6 +187,7 @@ class PeftModelForSeq2SeqLM(PeftModel):
         )
         inputs = {**inputs, "input_ids": input_ids, "inputs_embeds": inputs_embeds, "attention_mask": attention_mask}
         batch = (input_ids if input_ids is not None else inputs_embeds).shape[0]
+        inputs.update(self.encoded(injection, name, task, batch, inputs))
         prefix = injection.decoder_prefix(self, name, task, batch)
         extra = {}
         if prefix is not None:
@@ -154,6 +197,18 @@ class PeftModelForSeq2SeqLM(PeftModel):
                     [prefix.mask.to(inputs["decoder_attention_mask"].dtype), inputs["decoder_attention_mask"]], dim=1
                 )  # [B, P+T]
         return base(**inputs, use_cache=False, **extra, **kwargs)
+
+    def encoded(self, injection, name, task, batch, inputs: dict) -> dict:
+        """With an encoder prefix, the encoder runs here under it: -> the base model's encoder_outputs in place of
+        input_ids. Else {}."""
+        context = injection.encoder_context(self, name, task, batch)
+        if context is None:
+            return {}
+        with context:
+            outputs = self.base_model.get_encoder()(
+                input_ids=inputs["input_ids"], inputs_embeds=inputs["inputs_embeds"], attention_mask=inputs["attention_mask"]
+            )
+        return {"input_ids": None, "inputs_embeds": None, "encoder_outputs": outputs}
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
@@ -212,7 +267,11 @@ class PeftModelForSeq2SeqLM(PeftModel):
         if kwargs.get("max_length") is None and kwargs.get("max_new_tokens") is None and settings.max_new_tokens is None:
             kwargs["max_length"] = settings.max_length + num_virtual
         kwargs[cache_argument(base)] = filled_decoder_cache(base, prefix.layers)
-        output = base.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        encoder = self.encoded(injection, name, task, batch, {"input_ids": input_ids, "inputs_embeds": None, "attention_mask": attention_mask})
+        if encoder:
+            output = base.generate(encoder_outputs=encoder["encoder_outputs"], attention_mask=attention_mask, **kwargs)
+        else:
+            output = base.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         if isinstance(output, torch.Tensor):
             return output[:, num_virtual:]
         output.sequences = output.sequences[:, num_virtual:]

@@ -1,0 +1,143 @@
+"""Hugging Face's Trainer with checkpoints that hold the adapters only, in PEFT's files.
+
+`transformers.Trainer` trains a softprompt model as it is: only the prompt (and a classifier's head copy)
+has requires_grad, so only they reach the optimizer. Its checkpoints are the problem. Trainer 5.x knows
+adapters only as instances of `peft.PeftModel` (`_is_peft_model` is an isinstance check, made only when
+peft is installed) and calls `save_pretrained` only for those and for `PreTrainedModel`s; any other model
+is saved as its whole `state_dict()` in model.safetensors, the frozen base included (tied embeddings make
+safetensors refuse it), and reloaded with `load_state_dict`. Nothing on the model changes that path short
+of changing `state_dict()` for every caller, so `softprompt.Trainer` overrides its three checkpoint points:
+
+- `_save`: every loaded adapter in PEFT's layout ("default" in the folder, others in sub-folders), each
+  with prompt_source.safetensors (the full source, encoders included) so that training resumes exactly;
+- `_load_from_checkpoint` (resume_from_checkpoint) and `_load_best_model` (load_best_model_at_end): the
+  checkpoint's adapters are copied into the model's adapters of the same names, in place, so the
+  optimizer keeps holding the same parameters.
+
+Trainer-driven FSDP (accelerate's fsdp_config) is not covered: its saves hand over a gathered state_dict, and
+the prompt's parameters are sharded. Shard by hand instead (the wrapper as fully_shard root, tests/test_fsdp.py).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+from pathlib import Path
+
+import torch
+import transformers
+
+from . import adapters
+from .config import CONFIG_NAME
+from .model import PeftModel, PeftModelForCausalLM
+
+logger = logging.getLogger(__name__)
+TRAINING_ARGS_NAME = "training_args.bin"  # as transformers names it
+
+
+def adapter_folder(folder, adapter_name: str) -> Path:
+    """Where an adapter lies in a saved folder (PEFT's layout): "default" at the top, others in sub-folders."""
+    return Path(folder) if adapter_name == "default" else Path(folder) / adapter_name
+
+
+def save_adapters(model: PeftModel, folder) -> None:
+    """Every adapter's files with its full prompt source, written straight into `folder` (a checkpoint)."""
+    for name in model.peft_config:
+        target = adapter_folder(folder, name)
+        target.mkdir(parents=True, exist_ok=True)
+        model.write_adapter_files(target, include_prompt_source=True, adapter_name=name)
+
+
+def restore_adapters(model: PeftModel, folder) -> list[str]:
+    """Copy the adapters saved in `folder` into the model's adapters of the same names, in place.
+
+    The active adapter must be there; others the folder lacks are left as they are. Returns the names restored.
+    """
+    restored = []
+    for name in model.peft_config:
+        path = adapter_folder(folder, name)
+        if not (path / CONFIG_NAME).is_file():
+            if name == model.active_adapter:
+                raise adapters.AdapterError(
+                    f"The checkpoint {folder} holds no adapter {name!r} (the active one): no {path / CONFIG_NAME}."
+                )
+            continue
+        state = adapters.read_prompt_source(path)
+        if state is None:
+            raise adapters.AdapterError(
+                f"{path} has no {adapters.SOURCE_NAME}, the full prompt source training resumes from: write "
+                "checkpoints with softprompt.Trainer (or save_pretrained(..., include_prompt_source=True))."
+            )
+        source = model.prompt_encoder[name]
+        try:
+            source.load_state_dict(state)  # copies into the same parameters
+        except RuntimeError as error:
+            raise adapters.AdapterError(f"The adapter {name!r} in {path} does not fit the loaded one: {error}") from error
+        trainable = any(p.requires_grad for p in source.parameters())
+        model.take_adapter_tensors(name, adapters.read_adapter_tensors(path), trainable)  # a classifier's head
+        restored.append(name)
+    return restored
+
+
+class AdapterCheckpointsMixin:
+    """The checkpoint points of `transformers.Trainer`, for a softprompt model (see the module docstring)."""
+
+    def peft_model(self) -> PeftModel:
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        if not isinstance(model, PeftModel):
+            raise TypeError(f"softprompt.Trainer trains softprompt models (get_peft_model(...)), got {type(model).__name__}.")
+        return model
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """The adapters (not the frozen base), the tokenizer if any, and the training arguments."""
+        if not self.args.should_save:
+            return
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        os.makedirs(output_dir, exist_ok=True)
+        logger.info(f"Saving the adapters to {output_dir}")
+        save_adapters(self.peft_model(), output_dir)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        model = self.peft_model()
+        if not any((adapter_folder(resume_from_checkpoint, name) / CONFIG_NAME).is_file() for name in model.peft_config):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)  # a whole-model checkpoint
+        restore_adapters(model, resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        logger.info(f"Loading the best adapters from {self.state.best_model_checkpoint} (score: {self.state.best_metric}).")
+        restore_adapters(self.peft_model(), self.state.best_model_checkpoint)
+
+    def _set_signature_columns_if_needed(self) -> None:
+        """Keep the dataset columns the base model takes (token_type_ids...) and CPT's input_type_mask: the
+        wrapper's forward passes them on, but its signature does not name them."""
+        if self._signature_columns is None:
+            super()._set_signature_columns_if_needed()
+            base = self.peft_model().get_base_model()
+            self._signature_columns += [*inspect.signature(base.forward).parameters, "input_type_mask"]
+
+    def check_label_smoothing(self) -> None:
+        if self.label_smoother is not None and isinstance(self.peft_model(), PeftModelForCausalLM):
+            raise ValueError(
+                "label_smoothing_factor is not supported for CAUSAL_LM softprompt models: the Trainer would pop the "
+                "labels and score unshifted logits. Set label_smoothing_factor=0."
+            )
+
+
+class Trainer(AdapterCheckpointsMixin, transformers.Trainer):
+    """`transformers.Trainer` whose checkpoints hold the adapters only (PEFT's files plus the prompt source)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.check_label_smoothing()
+
+
+class Seq2SeqTrainer(AdapterCheckpointsMixin, transformers.Seq2SeqTrainer):
+    """`transformers.Seq2SeqTrainer` whose checkpoints hold the adapters only."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.check_label_smoothing()
