@@ -18,8 +18,10 @@ from .methods import (
 from .model import AutoPeftModelForCausalLM, PeftModel, PeftModelForCausalLM, get_peft_model
 from .models import DEFAULT_MODEL, ModelNotFoundError, load_base_model, load_tokenizer
 from .predictor import Predictor
+from .features import PeftModelForFeatureExtraction
 from .seq2seq import AutoPeftModelForSeq2SeqLM, PeftModelForSeq2SeqLM
 from .seq_cls import AutoPeftModelForSequenceClassification, PeftModelForSequenceClassification
+from .token_cls import PeftModelForTokenClassification
 
 __version__ = "0.1.0"
 
@@ -47,8 +49,10 @@ __all__ = [
     "PeftConfig",
     "PeftModel",
     "PeftModelForCausalLM",
+    "PeftModelForFeatureExtraction",
     "PeftModelForSeq2SeqLM",
     "PeftModelForSequenceClassification",
+    "PeftModelForTokenClassification",
     "PeftType",
     "Predictor",
     "PrefixTuningConfig",

@@ -267,6 +267,8 @@ def use_prefix_attention(model: nn.Module) -> bool:
     if INNER_ATTENTION in model.__dict__:
         return True
     inner = model.config._attn_implementation or "eager"
+    if inner == PREFIX_ATTENTION:  # a config shared with a model already routed: its own choice is lost
+        inner = "eager"
     AttentionInterface.register(PREFIX_ATTENTION, prefix_attention)
     ALL_MASK_ATTENTION_FUNCTIONS.register(PREFIX_ATTENTION, eager_mask)  # additive masks, which prefixed_mask extends
     shimmed = [module for module in model.modules() if type(module).__name__ in ATTENTION_SHIMS]

@@ -30,7 +30,8 @@ class TaskType(str, enum.Enum):
     FEATURE_EXTRACTION = "FEATURE_EXTRACTION"
 
 
-SUPPORTED_TASK_TYPES = (TaskType.CAUSAL_LM.value, TaskType.SEQ_CLS.value, TaskType.SEQ_2_SEQ_LM.value)
+SUPPORTED_TASK_TYPES = tuple(t.value for t in (TaskType.CAUSAL_LM, TaskType.SEQ_CLS, TaskType.SEQ_2_SEQ_LM,
+                                                TaskType.TOKEN_CLS, TaskType.FEATURE_EXTRACTION))
 
 
 class PeftType(str, enum.Enum):
@@ -80,8 +81,9 @@ class PromptLearningConfig:
         if self.task_type not in (None, *SUPPORTED_TASK_TYPES):
             raise ConfigError(
                 f"task_type={self.task_type!r} is not supported yet: softprompt wraps causal language models "
-                "(task_type='CAUSAL_LM'), models with a sequence classification head (task_type='SEQ_CLS') and "
-                "encoder-decoder models (task_type='SEQ_2_SEQ_LM')."
+                "(task_type='CAUSAL_LM'), models with a sequence or token classification head (task_type='SEQ_CLS', "
+                "'TOKEN_CLS'), encoder-decoder models (task_type='SEQ_2_SEQ_LM') and feature extractors "
+                "(task_type='FEATURE_EXTRACTION')."
             )
         if not isinstance(self.num_virtual_tokens, int) or isinstance(self.num_virtual_tokens, bool):
             raise ConfigError(

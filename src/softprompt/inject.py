@@ -61,9 +61,10 @@ def probe_shape(model: nn.Module) -> ModelShape:
     one_token = torch.zeros(1, 1, dtype=torch.long, device=device)
     encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
     extra = {"decoder_input_ids": one_token} if encoder_decoder else {}
+    backbone = getattr(model, "base_model", model)  # heads such as token classification return no cache
     was_training = model.training
     model.eval()
-    output = model(input_ids=one_token, use_cache=True, **extra)
+    output = backbone(input_ids=one_token, use_cache=True, **extra)
     model.train(was_training)
     cache = output_cache(output)
     if cache is None:
@@ -171,6 +172,22 @@ class Prefix:
             values = torch.cat([empty] + [left_pad(s.layers[layer][1], length) for s in distinct])
             layers.append((keys.index_select(0, index), values.index_select(0, index)))  # [B, kv, P, hd]
         return cls(layers, mask)
+
+
+def prepend_prompt(table: torch.Tensor, embed: nn.Module, input_ids, inputs_embeds, attention_mask, token_type_ids=None):
+    """A bidirectional model's input with the virtual tokens [P, H] before each row's text (no part of it can run
+    apart from the text) -> (inputs_embeds [B, P+L, H], attention_mask [B, P+L], token_type_ids [B, P+L] or None)."""
+    if inputs_embeds is None:
+        inputs_embeds = embed(input_ids)  # [B, L, H]
+    batch, length = inputs_embeds.shape[:2]
+    virtual = table.shape[0]
+    if attention_mask is None:
+        attention_mask = torch.ones(batch, length, dtype=torch.long, device=inputs_embeds.device)
+    inputs_embeds = torch.cat([table.to(inputs_embeds.dtype).expand(batch, -1, -1), inputs_embeds], dim=1)
+    attention_mask = torch.cat([attention_mask.new_ones(batch, virtual), attention_mask], dim=1)
+    if token_type_ids is not None:
+        token_type_ids = torch.cat([token_type_ids.new_zeros(batch, virtual), token_type_ids], dim=1)
+    return inputs_embeds, attention_mask, token_type_ids
 
 
 def left_pad(states: torch.Tensor, length: int) -> torch.Tensor:

@@ -615,11 +615,18 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, num_virtual: int)
 
 def wrapper_class(task_type) -> type[PeftModel]:
     """The wrapper for a task type: CAUSAL_LM (or none) -> PeftModelForCausalLM, SEQ_CLS -> ...ForSequenceClassification,
-    SEQ_2_SEQ_LM -> PeftModelForSeq2SeqLM."""
+    SEQ_2_SEQ_LM -> ...ForSeq2SeqLM, TOKEN_CLS -> ...ForTokenClassification, FEATURE_EXTRACTION -> ...ForFeatureExtraction."""
+    from .features import PeftModelForFeatureExtraction
     from .seq2seq import PeftModelForSeq2SeqLM
     from .seq_cls import PeftModelForSequenceClassification
+    from .token_cls import PeftModelForTokenClassification
 
-    wrappers = {"SEQ_CLS": PeftModelForSequenceClassification, "SEQ_2_SEQ_LM": PeftModelForSeq2SeqLM}
+    wrappers = {
+        "SEQ_CLS": PeftModelForSequenceClassification,
+        "SEQ_2_SEQ_LM": PeftModelForSeq2SeqLM,
+        "FEATURE_EXTRACTION": PeftModelForFeatureExtraction,
+        "TOKEN_CLS": PeftModelForTokenClassification,
+    }
     return wrappers.get(task_type, PeftModelForCausalLM)
 
 

@@ -32,7 +32,7 @@ from .compat import (
     use_prefix_attention,
 )
 from .config import ConfigError, PromptLearningConfig
-from .inject import EmbeddingPrefix, KVPrefix, Prefix, PromptStates
+from .inject import EmbeddingPrefix, KVPrefix, Prefix, PromptStates, prepend_prompt
 from .methods import source_class_for
 from .model import PeftModel
 
@@ -42,15 +42,9 @@ class EncoderTokens(EmbeddingPrefix):
 
     def encoder_inputs(self, wrapper, name, task, input_ids, inputs_embeds, attention_mask):
         """-> (input_ids, inputs_embeds, attention_mask) for the encoder: the prompt's rows before each row's text."""
-        base = wrapper.base_model
-        if inputs_embeds is None:
-            inputs_embeds = base.get_input_embeddings()(input_ids)  # [B, L, H]
-        batch, length = inputs_embeds.shape[:2]
-        table = wrapper.prompt_table(name, task).to(inputs_embeds.dtype)  # [P, H]
-        if attention_mask is None:
-            attention_mask = torch.ones(batch, length, dtype=torch.long, device=inputs_embeds.device)
-        mask = torch.cat([attention_mask.new_ones(batch, table.shape[0]), attention_mask], dim=1)  # [B, P+L]
-        return None, torch.cat([table.expand(batch, -1, -1), inputs_embeds], dim=1), mask
+        table = wrapper.prompt_table(name, task)  # [P, H]
+        embeds, mask, _ = prepend_prompt(table, wrapper.base_model.get_input_embeddings(), input_ids, inputs_embeds, attention_mask)
+        return None, embeds, mask  # [B, P+L, H], [B, P+L]
 
     def decoder_prefix(self, wrapper, name, task, batch) -> Prefix | None:
         return None
