@@ -16,7 +16,14 @@ import transformers
 from safetensors.torch import load_file
 from softprompt import PeftModel, PrefixTuningConfig, PromptTuningConfig, Seq2SeqTrainer, Trainer, get_peft_model
 from tiny_models import CONFIGS, METHOD_CONFIGS, VOCAB, tiny_model
-from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, BertConfig, Seq2SeqTrainingArguments, T5Config
+from transformers import (
+    AutoModelForSeq2SeqLM,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    BertConfig,
+    Seq2SeqTrainingArguments,
+    T5Config,
+)
 
 LABELS, LENGTH = 3, 8
 ADAPTER_FILES = {"adapter_config.json", "adapter_model.safetensors", "prompt_source.safetensors"}
@@ -29,10 +36,10 @@ def decoder_classifier():
     return AutoModelForSequenceClassification.from_config(config, attn_implementation="eager")
 
 
-def bert_classifier():
+def bert_classifier(auto_class=AutoModelForSequenceClassification):
     config = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
     config.num_labels, config.initializer_range = LABELS, 0.2
-    return AutoModelForSequenceClassification.from_config(config, attn_implementation="eager")
+    return auto_class.from_config(config, attn_implementation="eager")
 
 
 def t5():
@@ -58,6 +65,14 @@ def class_rows(count, seed=0):
     return rows
 
 
+def token_rows(count, seed=0):
+    """One class per token."""
+    rows = lm_rows(count, seed)
+    for row in rows:
+        row["labels"] = row["labels"] % LABELS
+    return rows
+
+
 def seq2seq_rows(count, seed=0):
     """LENGTH input tokens, LENGTH // 2 target tokens."""
     rows = lm_rows(count, seed)
@@ -73,6 +88,7 @@ TASKS = {
     "CAUSAL_LM": (lambda: tiny_model("llama_gqa"), lm_rows, list(METHOD_CONFIGS)),
     "SEQ_CLS-llama": (decoder_classifier, class_rows, SEQ_CLS_METHODS),
     "SEQ_CLS-bert": (bert_classifier, class_rows, SEQ_CLS_METHODS),
+    "TOKEN_CLS-bert": (lambda: bert_classifier(AutoModelForTokenClassification), token_rows, ["prompt_tuning", "prefix_tuning"]),
     "SEQ_2_SEQ_LM-t5": (t5, seq2seq_rows, SEQ2SEQ_METHODS),
 }
 CASES = [(task, method) for task, (_, _, methods) in TASKS.items() for method in methods]
@@ -175,6 +191,7 @@ def test_checkpoints_hold_the_adapter_files_only(task, method, trainer_class, tm
 
 RESUME_CASES = [("CAUSAL_LM", method) for method in METHOD_CONFIGS] + [
     ("SEQ_CLS-llama", "prefix_tuning"), ("SEQ_CLS-bert", "prefix_projection"), ("SEQ_2_SEQ_LM-t5", "p_tuning_lstm"),
+    ("TOKEN_CLS-bert", "prefix_tuning"),
 ]
 
 
