@@ -45,9 +45,10 @@ def test_encoder_sizes_must_be_positive(bad):
 def test_dropout_range_and_task_type():
     with pytest.raises(ConfigError, match="encoder_dropout"):
         PromptEncoderConfig(num_virtual_tokens=8, encoder_dropout=1.5)
-    with pytest.raises(ConfigError, match="CAUSAL_LM"):  # seq2seq is not built yet
-        PromptTuningConfig(num_virtual_tokens=8, task_type="SEQ_2_SEQ_LM")
-    assert PromptTuningConfig(num_virtual_tokens=8, task_type="SEQ_CLS").task_type == "SEQ_CLS"
+    with pytest.raises(ConfigError, match="QUESTION_ANS.*SEQ_2_SEQ_LM"):  # question answering is not built yet
+        PromptTuningConfig(num_virtual_tokens=8, task_type="QUESTION_ANS")
+    for task_type in ("SEQ_CLS", "SEQ_2_SEQ_LM", "TOKEN_CLS", "FEATURE_EXTRACTION"):
+        assert PromptTuningConfig(num_virtual_tokens=8, task_type=task_type).task_type == task_type
 
 
 def test_unknown_method_name():
