@@ -46,6 +46,7 @@ def train_real_adapters(runs: Path, epochs: int) -> list[Path]:
         out = runs / f"real-{tokens}"
         if not (out / "adapter" / "adapter_model.safetensors").is_file():
             overrides = {"epochs": epochs, "eval_file": None, "output_dir": str(out), "progress": False,
+                         "train_file": str(DATA / "train.csv"),  # the local copy, not the config's hub default
                          "method_options.num_virtual_tokens": tokens}
             train(TrainConfig.from_yaml(CONFIG, overrides))
         folders.append(out / "adapter")
