@@ -14,10 +14,12 @@ import yaml
 DEMO_DATA = Path(__file__).parent / "demo_data"
 CONFIG_HELP = """Fields of a training config (YAML or --field value; nested with dots, e.g. --task.max_length 96):
   model, method (prompt_tuning | p_tuning | prefix_tuning | multitask_prompt_tuning), method_options.* (PEFT config fields),
-  train_file, eval_file, dataset, dataset_config, train_split, eval_split,
+  train_file, eval_file (local files, or hf://datasets/OWNER/NAME@REVISION/PATH), dataset, dataset_config, train_split,
+  eval_split, max_train_rows, tasks (several tasks at once: tasks.I.name, tasks.I.train_file, tasks.I.eval_file,
+  tasks.I.max_train_rows, tasks.I.task.*),
   task.text_columns, task.label_column, task.label_names, task.verbalizer, task.template, task.max_length,
   validation_fraction, epochs, lr, batch_size, gradient_accumulation_steps, warmup_ratio, weight_decay,
-  max_grad_norm, seed, eval_method (scoring | generation), eval_batch_size, best_metric, early_stopping_patience,
+  max_grad_norm, seed, eval_method (scoring | generation), eval_batch_size, best_metric (... | last), early_stopping_patience,
   output_dir, progress. See softprompt.train.TrainConfig for what each means."""
 
 
@@ -55,7 +57,10 @@ def load_predictor(args):
     from .predictor import Predictor
 
     adapters = [args.adapter, *args.ensemble]
-    return Predictor.from_pretrained(adapters, device=args.device, dtype=args.dtype, batch_size=args.batch_size)
+    predictor = Predictor.from_pretrained(adapters, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+                                          task=getattr(args, "task", None))
+    predictor.use_calibration = not getattr(args, "no_calibration", False)
+    return predictor
 
 
 def command_eval(args, extra) -> int:
@@ -64,7 +69,7 @@ def command_eval(args, extra) -> int:
 
     if args.ensemble and args.method == "generation":
         raise ValueError("--ensemble averages label scores: use it with --method scoring.")
-    table = load_table(args.data, args.dataset_config, args.split)
+    table = load_table(args.data, args.dataset_config, args.split, field="data")
     predictor = load_predictor(args)
     members = predictor.adapter_names
     encoder = predictor.task(members[0])
@@ -91,7 +96,7 @@ def read_predict_rows(args, text_column: str) -> list[dict]:
     if args.input:
         from .data import load_table
 
-        return load_table(args.input).rows
+        return load_table(args.input, field="input").rows
     raise SystemExit("Give texts to classify, --input FILE (CSV/JSONL), or --input - to read stdin.")
 
 
@@ -153,8 +158,11 @@ def command_info(args, extra) -> int:
     task = folder / "task.json"
     if task.is_file():
         spec = json.loads(task.read_text())
-        info["labels"] = spec.get("label_names")
-        info["template"] = spec.get("template")
+        if "tasks" in spec:  # trained on several tasks: eval/predict pick one with --task
+            info["tasks"] = [{"task_id": t.get("task_id"), "name": t.get("name"), "labels": t.get("label_names")} for t in spec["tasks"]]
+        else:
+            info["labels"] = spec.get("label_names")
+            info["template"] = spec.get("template")
     print(json.dumps(info, indent=1))
     return 0
 
@@ -203,6 +211,11 @@ DEMO_TEXTS = [
 ]
 
 
+def add_task_option(parser) -> None:
+    parser.add_argument("--task", default=None, metavar="NAME_OR_ID",
+                        help="for an adapter trained on several tasks (tasks: in its config): which one, by name or task id")
+
+
 def add_device_options(parser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps or auto (default: CUDA if present, else CPU)")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: as the model was saved)")
@@ -222,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("eval", help="accuracy, macro-F1 and confusion matrix of an adapter on labelled data")
     evaluate.add_argument("adapter", help="adapter folder written by softprompt train (OUTPUT_DIR/adapter)")
-    evaluate.add_argument("--data", required=True, help="labelled CSV/JSONL/Parquet file, or a hub dataset id")
+    evaluate.add_argument("--data", required=True, help="labelled CSV/JSONL/Parquet file, hf://datasets/... files, or a hub dataset id")
     evaluate.add_argument("--dataset-config", default=None, help="hub dataset config, e.g. twitter_complaints")
     evaluate.add_argument("--split", default="test", help="hub dataset split (default test)")
     evaluate.add_argument("--method", choices=["scoring", "generation"], default="scoring",
@@ -230,7 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--ensemble", nargs="+", default=[], metavar="ADAPTER",
                           help="more adapters for the same labels (e.g. other seeds): average their class probabilities")
     evaluate.add_argument("--batch-size", type=int, default=16)
+    add_task_option(evaluate)
     add_device_options(evaluate)
+    evaluate.add_argument("--no-calibration", action="store_true", help="ignore the adapter's calibration.json (plain label scores)")
     evaluate.add_argument("--output", help="also write the metrics JSON here")
     evaluate.set_defaults(run=command_eval)
 
@@ -247,7 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--ensemble", nargs="+", default=[], metavar="ADAPTER",
                           help="more adapters for the same labels (e.g. other seeds): average their class probabilities")
     predict.add_argument("--batch-size", type=int, default=16)
+    add_task_option(predict)
     add_device_options(predict)
+    predict.add_argument("--no-calibration", action="store_true", help="ignore the adapter's calibration.json (plain label scores)")
     predict.set_defaults(run=command_predict)
 
     info = commands.add_parser("info", help="method, base model and sizes of an adapter")
@@ -278,6 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--one-adapter-per-batch", action="store_true", help="never mix adapters in a batch (a baseline)")
     add_device_options(serve)
     serve.set_defaults(run=command_serve)
+
+    from .calibration import add_command as add_calibrate_command
+
+    add_calibrate_command(commands)
 
     demo = commands.add_parser("demo", help="train on the bundled demo data with the offline default model, then predict")
     demo.set_defaults(run=command_demo)

@@ -17,6 +17,12 @@ import torch
 
 LOCAL_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 UNLABELED = "unlabeled"
+HUB_PREFIX = "hf://"  # datasets' own address of files in a Hub repo: hf://datasets/OWNER/NAME[@REVISION]/PATH (globs allowed)
+
+
+def is_remote(source) -> bool:
+    """A URL (hf://datasets/..., https://...), read by `datasets` rather than from this machine's disk."""
+    return isinstance(source, str) and "://" in source
 
 
 class DataError(ValueError):
@@ -38,6 +44,11 @@ class TaskSpec:
     max_length: int = 64
     task_type: str = "CAUSAL_LM"
     """CAUSAL_LM: the model writes the label's words (label scoring); SEQ_CLS: a classification head picks it."""
+    name: str | None = None
+    """The task's name (set for each task of a multitask run; `--task NAME` picks it at eval/predict)."""
+    task_id: int | None = None
+    """Which of the adapter's task prompts this task's rows use (`task_ids` per row); None: the adapter's only one.
+    A multitask run numbers its tasks 0..T-1 in the order of `tasks:`."""
 
     def prompt_template(self) -> str:
         if self.template:
@@ -57,15 +68,25 @@ class Table:
     class_names: list[str] | None = None
 
 
-def load_table(source: str, dataset_config: str | None = None, split: str = "train") -> Table:
-    """A local CSV/TSV/JSON/JSONL/Parquet file, or a split of a hub dataset (`ought/raft` + `twitter_complaints`)."""
+def load_table(source: str, dataset_config: str | None = None, split: str = "train", field: str = "train_file") -> Table:
+    """A local CSV/TSV/JSON/JSONL/Parquet file; files on the Hub by datasets' address
+    (`hf://datasets/ought/raft@refs/convert/parquet/twitter_complaints/train/*.parquet`, or any URL datasets reads);
+    or a split of a hub dataset without a loading script (`load_dataset(source, dataset_config, split=split)`).
+
+    `field` names the setting that gave `source` (e.g. train_file), for the hint when the Hub cannot be reached.
+    """
     import datasets
 
+    if is_remote(source):
+        return load_remote_table(source, field)
     path = Path(source).expanduser()
     try:
         if path.suffix.lower() in LOCAL_FORMATS or path.is_file():
             if not path.is_file():
-                raise DataError(f"Data file {path} does not exist. Check the path (relative paths start from the current folder).")
+                raise DataError(
+                    f"Data file {path} does not exist ({field}). Check the path (relative paths start from the current folder; "
+                    f"in a config file, from its folder), or give another: --{field} PATH."
+                )
             kind = LOCAL_FORMATS.get(path.suffix.lower())
             if kind is None:
                 raise DataError(f"{path}: unknown file type {path.suffix!r}. Use .csv, .tsv, .json, .jsonl or .parquet.")
@@ -80,7 +101,60 @@ def load_table(source: str, dataset_config: str | None = None, split: str = "tra
     except Exception as error:
         if "corresponds to no data" in str(error):  # datasets' words for a file with a header and no rows
             raise DataError(f"{source} has no rows. Point to a file or split with data.") from error
-        raise DataError(f"Could not read data from {source!r}: {type(error).__name__}: {error}") from error
+        hint = ""
+        if "scripts are no longer supported" in str(error):  # e.g. ought/raft: its Parquet export still loads
+            hint = (f" This `datasets` no longer runs loading scripts; the Hub's Parquet export of the dataset still loads: "
+                    f"--{field} 'hf://datasets/{source}@refs/convert/parquet/{dataset_config or 'default'}/{split}/*.parquet'.")
+        elif is_network_error(error):
+            hint = f" The Hugging Face Hub could not be reached: use a local copy instead, --{field} PATH (a CSV, JSONL or Parquet file)."
+        raise DataError(f"Could not read data from {source!r}: {type(error).__name__}: {error}.{hint}") from error
+    return table_from_dataset(dataset, origin)
+
+
+def is_network_error(error: BaseException) -> bool:
+    """A failure to reach a server (offline mode, DNS, refused connection, timeout), whichever HTTP library raised it."""
+    while error is not None:
+        if isinstance(error, (ConnectionError, TimeoutError)):  # OfflineModeIsEnabled is a ConnectionError
+            return True
+        if any(word in type(error).__name__ for word in ("Connect", "Timeout", "Offline", "NetworkError")):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def load_remote_table(source: str, field: str = "train_file") -> Table:
+    """Files at a URL, hf:// (datasets' address of files in a Hub repo) included, read by their extension."""
+    import datasets
+
+    address = source.split("?", 1)[0].rstrip("/")
+    suffix = Path(address.replace("*", "x")).suffix.lower()
+    kind = LOCAL_FORMATS.get(suffix)
+    if kind is None:
+        raise DataError(
+            f"{field}: {source!r} does not end in a file type softprompt reads (.csv, .tsv, .json, .jsonl, .parquet); "
+            "point to the files, e.g. hf://datasets/ought/raft@refs/convert/parquet/twitter_complaints/train/*.parquet."
+        )
+    options = {"delimiter": "\t"} if suffix == ".tsv" else {}
+    try:
+        dataset = datasets.load_dataset(kind, data_files=source, split="train", **options)
+    except Exception as error:
+        where = "the Hugging Face Hub" if source.startswith(HUB_PREFIX) else "its server"
+        local = f"point to a local copy: --{field} PATH (a CSV, JSONL or Parquet file with the same columns)"
+        if is_network_error(error):
+            raise DataError(
+                f"{field}: could not load {source!r}: {where} cannot be reached ({type(error).__name__}: {error}). "
+                f"Offline, or without access to it, {local}."
+            ) from error
+        if "corresponds to no data" in str(error) or isinstance(error, FileNotFoundError):
+            raise DataError(f"{field}: no data at {source!r} ({type(error).__name__}: {error}). Check the address, or {local}.") from error
+        raise DataError(f"{field}: could not read {source!r} ({type(error).__name__}: {error}). Check the address, or {local}.") from error
+    return table_from_dataset(dataset, source)
+
+
+def table_from_dataset(dataset, origin: str) -> Table:
+    """Rows and ClassLabel names of a loaded `datasets` split."""
+    import datasets
+
     features = getattr(dataset, "features", {}) or {}
     class_names = None
     for feature in features.values():
@@ -132,6 +206,8 @@ class Example:
     label: int
     truncated: bool
     text: str
+    task: int | None = None
+    """The task id the row runs with (`task_ids` in forward); None: the adapter's only task."""
 
 
 class Encoder:
@@ -200,7 +276,7 @@ class Encoder:
             index = label_index(row[self.spec.label_column], self.names, self.spec, origin, row_number)
             label = self.classes.index(index) if index >= 0 else -1
         target = self.target_ids(label) if label >= 0 else []
-        return Example(prompt_ids, target, label, truncated, text)
+        return Example(prompt_ids, target, label, truncated, text, self.spec.task_id)
 
     def encode_table(self, table: Table, labelled: bool = True, require_labels: bool = True) -> list[Example]:
         # Row numbers count like a spreadsheet: the header is row 1.
@@ -221,14 +297,26 @@ def pad_left(sequences: list[list[int]], pad_value: int) -> torch.Tensor:
 
 
 def collate_training(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
-    """Left-padded to the longest row of the batch: input_ids, attention_mask [B, T]; labels -100 off-target."""
+    """Left-padded to the longest row of the batch: input_ids, attention_mask [B, T]; labels -100 off-target;
+    task_ids [B] when the rows carry task ids (a multitask run)."""
     sequences = [e.prompt_ids + e.target_ids for e in examples]
     labels = [[-100] * len(e.prompt_ids) + e.target_ids for e in examples]
-    return {
+    batch = {
         "input_ids": pad_left(sequences, pad_id),
         "attention_mask": pad_left([[1] * len(s) for s in sequences], 0),
         "labels": pad_left(labels, -100),
     }
+    tasks = row_task_ids(examples)
+    if tasks is not None:
+        batch["task_ids"] = torch.tensor(tasks, dtype=torch.long)
+    return batch
+
+
+def row_task_ids(examples: list[Example]) -> list[int] | None:
+    """The rows' task ids for `task_ids=`, or None when no row carries one (the adapter's only task)."""
+    if all(e.task is None for e in examples):
+        return None
+    return [e.task or 0 for e in examples]
 
 
 def length_grouped_batches(lengths: list[int], batch_size: int, seed: int, group: int = 50) -> list[list[int]]:

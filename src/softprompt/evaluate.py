@@ -5,19 +5,21 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from .data import Encoder, Example, pad_left, sorted_batches
+from .data import Encoder, Example, pad_left, row_task_ids, sorted_batches
 
 
 @torch.no_grad()
 def score_rows(
     model, prompts: list[list[int]], continuations: list[list[list[int]]], pad_id: int,
     adapter_names: list[str | None] | None = None, batch_size: int = 16, progress: bool = True,
+    task_ids: list[int] | None = None,
 ) -> torch.Tensor:
     """Summed log-likelihood of each row's continuations after its prompt: [N, max K] (-inf past a row's own K).
 
     Rows may each have their own adapter and their own continuations (e.g. several tasks in one stream);
     batches group rows of similar length, whatever their adapters. Each prompt runs once and its
-    continuations run from its cache (see PeftModel.score_continuations).
+    continuations run from its cache (see PeftModel.score_continuations). `task_ids`: one per row, for
+    adapters with several task prompts (multitask prompt tuning).
     """
     scores = torch.full((len(prompts), max(len(c) for c in continuations)), float("-inf"))
     model.eval()
@@ -25,7 +27,8 @@ def score_rows(
         input_ids = pad_left([prompts[i] for i in batch], pad_id).to(model.device)
         attention_mask = pad_left([[1] * len(prompts[i]) for i in batch], 0).to(model.device)
         names = None if adapter_names is None else [adapter_names[i] for i in batch]
-        batch_scores = model.score_continuations(input_ids, attention_mask, [continuations[i] for i in batch], names)
+        tasks = {} if task_ids is None else {"task_ids": [task_ids[i] for i in batch]}
+        batch_scores = model.score_continuations(input_ids, attention_mask, [continuations[i] for i in batch], names, **tasks)
         scores[batch, : batch_scores.shape[1]] = batch_scores.cpu()
     return scores
 
@@ -37,7 +40,8 @@ def score_labels(
     targets = [encoder.target_ids(k) for k in range(len(encoder.class_names))]
     names = None if adapter_name is None else [adapter_name] * len(examples)
     prompts = [e.prompt_ids for e in examples]
-    return score_rows(model, prompts, [targets] * len(examples), encoder.tokenizer.pad_token_id, names, batch_size, progress)
+    return score_rows(model, prompts, [targets] * len(examples), encoder.tokenizer.pad_token_id, names, batch_size, progress,
+                      row_task_ids(examples))
 
 
 def match_label(text: str, label_texts: list[str]) -> int:
@@ -65,10 +69,12 @@ def classify_by_generation(
         prompts = [examples[i].prompt_ids for i in batch]
         input_ids = pad_left(prompts, tokenizer.pad_token_id).to(model.device)
         attention_mask = pad_left([[1] * len(p) for p in prompts], 0).to(model.device)
+        tasks = row_task_ids([examples[i] for i in batch])
         output = model.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,
             adapter_names=None if adapter_name is None else [adapter_name] * len(batch),
+            **({} if tasks is None else {"task_ids": tasks}),
             max_new_tokens=max_new,
             do_sample=False,
             eos_token_id=tokenizer.eos_token_id,

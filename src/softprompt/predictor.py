@@ -24,8 +24,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .calibration import calibrate, estimate_prior, read_calibration
 from .config import PromptLearningConfig
-from .data import DataError, Encoder, Example, pad_left, sorted_batches
+from .data import DataError, Encoder, Example, pad_left, row_task_ids, sorted_batches
 from .evaluate import classify_by_generation, score_rows
 from .model import BASE_ADAPTER, PeftModel, PeftModelForCausalLM
 from .task import MISSING_TASK_HINT, load_task
@@ -84,12 +85,17 @@ class Predictor:
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.tasks: dict[str, Encoder | None] = {}  # adapter name -> its task (None: generation only)
+        self.calibrations: dict[str, torch.Tensor] = {}  # adapter name -> class prior (calibration.json, or fit_calibration)
+        self.use_calibration = True  # False: plain label scores even for calibrated adapters
 
     @classmethod
     def from_pretrained(
-        cls, adapters, base_model: str | nn.Module | None = None, tokenizer=None, device=None, dtype=None, batch_size: int = 16
+        cls, adapters, base_model: str | nn.Module | None = None, tokenizer=None, device=None, dtype=None, batch_size: int = 16,
+        task: str | int | None = None,
     ) -> "Predictor":
         """Load adapters (folders or Hub ids; a dict names them) on the base model the first one names, loaded once.
+
+        task: for adapters trained on several tasks (multitask prompt tuning), which one (name or task id) they classify.
 
         device: "cpu", "cuda", "auto" (default: CUDA if present); dtype: e.g. "float32" or "bfloat16"
         (default: as the model was saved).
@@ -119,9 +125,10 @@ class Predictor:
         base_model = base_model.to(parse_device(device))
         tokenizer = tokenizer or load_tokenizer(base_model.name_or_path)
         predictor = cls(PeftModelForCausalLM.from_pretrained(base_model, first, adapter_name=first_name), tokenizer, batch_size)
-        predictor.tasks[first_name] = load_task(first, tokenizer, required=False)
+        predictor.tasks[first_name] = load_task(first, tokenizer, required=False, task=task)
+        predictor.read_calibration(first, first_name)
         for name, location in list(named.items())[1:]:
-            predictor.load_adapter(location, name)
+            predictor.load_adapter(location, name, task=task)
         return predictor
 
     # ---- adapters ----------------------------------------------------------------------------
@@ -129,15 +136,18 @@ class Predictor:
     def adapter_names(self) -> list[str]:
         return list(self.model.peft_config)
 
-    def load_adapter(self, location: str | os.PathLike, name: str | None = None) -> str:
+    def load_adapter(self, location: str | os.PathLike, name: str | None = None, task: str | int | None = None) -> str:
         """Load one more adapter (and its task.json, if any) onto the same base model. Returns its name.
+        `task`: for an adapter trained on several tasks, which one (name or task id) it classifies.
 
         A missing, damaged or wrong-model adapter is refused with the reason; the loaded ones are untouched.
         """
         name = name or next(iter(name_adapters([location])))
-        task = load_task(location, self.tokenizer, required=False)  # read before anything changes
+        task = load_task(location, self.tokenizer, required=False, task=task)  # read before anything changes (task: of several)
         self.model.load_adapter(location, name)
         self.tasks[name] = task
+        self.calibrations.pop(name, None)
+        self.read_calibration(location, name)
         ours = self.model.base_model.name_or_path
         theirs = self.model.peft_config[name].base_model_name_or_path
         if theirs and ours and theirs != ours:
@@ -152,6 +162,31 @@ class Predictor:
             warnings.simplefilter("ignore")  # "was active": the Predictor names adapters on every call
             self.model.delete_adapter(name)
         del self.tasks[name]
+        self.calibrations.pop(name, None)
+
+    # ---- calibration -------------------------------------------------------------------------
+    def read_calibration(self, location, name: str) -> None:
+        """Use the class prior stored with the adapter (calibration.json), if it has one."""
+        task = self.tasks.get(name)
+        prior = read_calibration(location, task.class_names if task is not None else None)
+        if prior is not None:
+            self.calibrations[name] = prior
+
+    def fit_calibration(self, texts, adapter: str | None = None, progress: bool = False) -> torch.Tensor:
+        """Estimate an adapter's class prior on unlabelled inputs (texts or rows) and use it from now on;
+        returns the prior [K]. `softprompt.calibration.write_calibration` stores it with the adapter."""
+        name = self.resolve(adapter)
+        scores = self.scores(list(texts), name, progress)
+        if not scores:
+            raise ValueError("fit_calibration needs one or more unlabelled inputs.")
+        prior = estimate_prior(torch.stack(scores).softmax(-1))
+        self.calibrations[name] = prior
+        return prior
+
+    def class_probabilities(self, adapter: str, scores: torch.Tensor) -> torch.Tensor:
+        """Class log-scores [..., K] of one adapter -> its class probabilities, calibrated by its prior if it has one."""
+        probabilities = scores.softmax(-1)
+        return calibrate(probabilities, self.calibrations.get(adapter) if self.use_calibration else None)
 
     def task(self, adapter: str | None = None) -> Encoder:
         name = self.resolve(adapter)
@@ -213,14 +248,16 @@ class Predictor:
         targets = {name: [self.task(name).target_ids(k) for k in range(len(self.task(name).class_names))] for name in set(names)}
         scores = score_rows(
             self.model, [e.prompt_ids for e in examples], [targets[name] for name in names], self.tokenizer.pad_token_id,
-            names, self.batch_size, progress,
+            names, self.batch_size, progress, row_task_ids(examples),
         )  # [N, max K]
         return [row[: len(targets[name])] for row, name in zip(scores, names)]
 
     def probabilities(self, inputs, adapter: str | None = None, progress: bool = False) -> torch.Tensor:
-        """Class probabilities [N, K] of one adapter's task (order: `self.task(adapter).class_names`)."""
-        rows = self.scores(inputs, self.resolve(adapter), progress)
-        return torch.stack(rows).softmax(-1) if rows else torch.empty(0, len(self.task(adapter).class_names))
+        """Class probabilities [N, K] of one adapter's task (order: `self.task(adapter).class_names`),
+        calibrated by the adapter's class prior when it has one (see softprompt.calibration)."""
+        name = self.resolve(adapter)
+        rows = self.scores(inputs, name, progress)
+        return self.class_probabilities(name, torch.stack(rows)) if rows else torch.empty(0, len(self.task(adapter).class_names))
 
     def ensemble_probabilities(self, inputs, adapters: list[str], progress: bool = False) -> torch.Tensor:
         """The mean of several adapters' class probabilities [N, K] (e.g. seeds of one config), on one base model.
@@ -256,7 +293,8 @@ class Predictor:
             return self.classify_by_generation(inputs, names, progress)
         if method != "scoring":
             raise ValueError(f"method must be 'scoring' or 'generation', got {method!r}.")
-        return [self.prediction(name, s.softmax(-1), name) for name, s in zip(names, self.scores(inputs, names, progress))]
+        scores = self.scores(inputs, names, progress)
+        return [self.prediction(name, self.class_probabilities(name, s), name) for name, s in zip(names, scores)]
 
     def prediction(self, name: str, probabilities: torch.Tensor, shown: str) -> dict:
         classes = self.task(name).class_names
@@ -357,14 +395,22 @@ class Predictor:
         for batch in sorted_batches([len(p) for p in prompts], self.batch_size):
             input_ids = pad_left([prompts[i] for i in batch], self.tokenizer.pad_token_id).to(device)
             attention_mask = pad_left([[1] * len(prompts[i]) for i in batch], 0).to(device)
+            tasks = self.task_ids([names[i] for i in batch])
             output = self.model.generate(
                 input_ids=input_ids, attention_mask=attention_mask, adapter_names=[names[i] for i in batch],
-                max_new_tokens=max_new_tokens, **generate_kwargs,
+                max_new_tokens=max_new_tokens, **({} if tasks is None else {"task_ids": tasks}), **generate_kwargs,
             )
             for row, new in enumerate(output[:, input_ids.shape[1] :].tolist()):
                 i = batch[row // count]
                 results[i * count + row % count] = self.completion(new, eos, stop, max_new_tokens, len(prompts[i]), skip_special_tokens)
         return results
+
+    def task_ids(self, names: list[str | None]) -> list[int] | None:
+        """The task id each row's adapter runs with (the task chosen at load for a multitask adapter); None if all are
+        the adapters' only tasks."""
+        chosen = [getattr(self.tasks.get(name), "spec", None) if name is not None else None for name in names]
+        ids = [None if spec is None else spec.task_id for spec in chosen]
+        return None if all(i is None for i in ids) else [i or 0 for i in ids]
 
     def eos_ids(self, given=None) -> set[int]:
         """The token ids that end a generation: `given`, else the base model's (a classifier has no generation config)."""

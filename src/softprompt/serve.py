@@ -329,7 +329,7 @@ def create_app(predictor: Predictor, api_key: str | None = None, max_batch_size:
         scores = await run(ScoreJob(examples, [adapter] * len(examples)))
         data = []
         for index, row in enumerate(scores):
-            probabilities = row.softmax(-1)
+            probabilities = predictor.class_probabilities(adapter, row)
             data.append({"index": index, "label": task.class_names[int(probabilities.argmax())],
                          "probabilities": {c: float(p) for c, p in zip(task.class_names, probabilities)}})
         tokens = sum(len(e.prompt_ids) for e in examples)

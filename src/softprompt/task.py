@@ -21,14 +21,24 @@ MISSING_TASK_HINT = (
 )
 
 
-def write_task(folder: str | os.PathLike, encoder: Encoder) -> None:
-    spec = dataclasses.asdict(encoder.spec)
-    spec["label_names"] = encoder.names
-    adapters.atomic_write_bytes(Path(folder) / TASK_NAME, json.dumps(spec, indent=1).encode())
+def write_task(folder: str | os.PathLike, encoder: Encoder | list[Encoder]) -> None:
+    """The task (TaskSpec fields); for an adapter trained on several tasks, {"tasks": [one per task id]}."""
+    encoders = encoder if isinstance(encoder, (list, tuple)) else [encoder]
+    specs = []
+    for one in encoders:
+        spec = dataclasses.asdict(one.spec)
+        spec["label_names"] = one.names
+        for optional in ("name", "task_id"):  # absent unless set: a single task's file is as before
+            if spec.get(optional) is None:
+                spec.pop(optional, None)
+        specs.append(spec)
+    data = specs[0] if len(specs) == 1 else {"tasks": specs}
+    adapters.atomic_write_bytes(Path(folder) / TASK_NAME, json.dumps(data, indent=1).encode())
 
 
-def read_task(location: str | os.PathLike, required: bool = True) -> TaskSpec | None:
-    """The TaskSpec in an adapter folder or Hub repo; None if it has none and `required` is False."""
+def read_tasks(location: str | os.PathLike, required: bool = True) -> list[TaskSpec] | None:
+    """Every task in an adapter's task.json (one, or one per task id of a multitask adapter); None if it has
+    none and `required` is False."""
     path = adapters.local_or_hub_file(location, TASK_NAME, required=False)  # clear error if the folder is missing
     if path is None:
         if not required:
@@ -38,15 +48,43 @@ def read_task(location: str | os.PathLike, required: bool = True) -> TaskSpec | 
         )
     try:
         data = json.loads(path.read_text())
-        return TaskSpec(**data)
+        return [TaskSpec(**item) for item in data["tasks"]] if isinstance(data, dict) and "tasks" in data else [TaskSpec(**data)]
     except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as error:
         fields = [f.name for f in dataclasses.fields(TaskSpec)]
         raise adapters.AdapterError(
-            f"{path} is not a valid task file ({error}). It must be a JSON object with the fields {fields}."
+            f"{path} is not a valid task file ({error}). It must be a JSON object with the fields {fields} "
+            "(or {\"tasks\": [such objects]} for an adapter trained on several tasks)."
         ) from error
 
 
-def load_task(location: str | os.PathLike, tokenizer, required: bool = True) -> Encoder | None:
+def choose_task(specs: list[TaskSpec], task: str | int | None, location) -> TaskSpec:
+    """One task of an adapter by name or task id; an adapter of several tasks needs `task`."""
+    if task is None:
+        if len(specs) > 1:
+            raise adapters.AdapterError(
+                f"{location} was trained on {len(specs)} tasks ({describe_tasks(specs)}): choose one "
+                "(softprompt eval/predict --task NAME or ID; Predictor.from_pretrained(..., task=NAME))."
+            )
+        return specs[0]
+    for position, spec in enumerate(specs):
+        own_id = spec.task_id if spec.task_id is not None else position
+        if str(task) in (spec.name, str(own_id)):
+            return spec
+    raise adapters.AdapterError(f"{location} has no task {task!r}; its tasks: {describe_tasks(specs)}.")
+
+
+def describe_tasks(specs: list[TaskSpec]) -> str:
+    return ", ".join(f"{spec.task_id if spec.task_id is not None else n}: {spec.name or 'unnamed'}" for n, spec in enumerate(specs))
+
+
+def read_task(location: str | os.PathLike, required: bool = True, task: str | int | None = None) -> TaskSpec | None:
+    """The TaskSpec in an adapter folder or Hub repo (`task`: which, by name or id, for an adapter of several);
+    None if it has none and `required` is False."""
+    specs = read_tasks(location, required)
+    return None if specs is None else choose_task(specs, task, location)
+
+
+def load_task(location: str | os.PathLike, tokenizer, required: bool = True, task: str | int | None = None) -> Encoder | None:
     """The task of an adapter as an Encoder (rows -> token ids, label texts), or None if it has none."""
-    spec = read_task(location, required)
+    spec = read_task(location, required, task)
     return None if spec is None else Encoder(tokenizer, spec, spec.label_names)

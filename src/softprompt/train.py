@@ -26,7 +26,7 @@ import yaml
 from safetensors.torch import load_file
 
 from . import adapters
-from .data import DataError, Encoder, Example, TaskSpec, length_grouped_batches, load_table, resolve_label_names
+from .data import DataError, Encoder, Example, Table, TaskSpec, is_remote, length_grouped_batches, load_table, resolve_label_names
 from .evaluate import classification_metrics, classify_by_generation
 from .methods import config_class_for
 from .model import PeftModel, get_peft_model
@@ -43,6 +43,39 @@ class TrainingDiverged(RuntimeError):
 
 
 @dataclass
+class TaskData:
+    """One task of a run over several tasks (`tasks:`): its data and how its rows are shown. The i-th task's rows
+    run with task id i (`task_ids` per row), each task scored over its own labels."""
+
+    name: str
+    train_file: str
+    """Local file, or files on the Hub (hf://datasets/...), as the top-level train_file."""
+    eval_file: str | None = None
+    max_train_rows: int | None = None
+    """A seeded sample of this many training rows; None: the run's max_train_rows (default: all)."""
+    task: TaskSpec = field(default_factory=TaskSpec)
+
+    @classmethod
+    def from_entry(cls, entry, position: int) -> "TaskData":
+        where = f"tasks[{position}]"
+        if isinstance(entry, cls):
+            entry = dataclasses.asdict(entry)
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where} must be a mapping of {{name, train_file, eval_file, max_train_rows, task}}, got {entry!r}.")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(entry) - known)
+        if unknown:
+            raise ValueError(f"{where}: unknown fields {unknown}. Known fields: {sorted(known)}.")
+        if not isinstance(entry.get("name"), str) or not entry["name"] or not entry.get("train_file"):
+            raise ValueError(f"{where} needs a name and a train_file, got {entry!r}.")
+        spec = dict(entry.get("task") or {})
+        if spec.get("name", entry["name"]) != entry["name"] or spec.get("task_id", position) != position:
+            raise ValueError(f"{where}: the task's name and task id come from the list (name {entry['name']!r}, task id {position}).")
+        spec.update(name=entry["name"], task_id=position)
+        return cls(**{**entry, "task": TaskSpec(**spec)})
+
+
+@dataclass
 class TrainConfig:
     """A training run. Every field can be set in YAML or overridden on the command line (--field value)."""
 
@@ -54,16 +87,24 @@ class TrainConfig:
     """Fields of the method's config, PEFT names (num_virtual_tokens, prompt_tuning_init, encoder_hidden_size...)."""
 
     train_file: str | None = None
-    """Local CSV/TSV/JSON/JSONL/Parquet training data; or use dataset + train_split."""
+    """Training data: a local CSV/TSV/JSON/JSONL/Parquet file, or files on the Hugging Face Hub by datasets' address
+    hf://datasets/OWNER/NAME@REVISION/PATH (globs allowed; RAFT: its Parquet export, see configs/); or dataset + train_split."""
     eval_file: str | None = None
     """Local labelled evaluation data, reported every epoch."""
     dataset: str | None = None
-    """Hub dataset id (e.g. ought/raft), for users online."""
+    """Hub dataset id of a dataset without a loading script, for users online (load_dataset(dataset, dataset_config))."""
     dataset_config: str | None = None
     train_split: str = "train"
     eval_split: str | None = None
     task: TaskSpec = field(default_factory=TaskSpec)
     """text_columns, label_column, label_names, verbalizer, template, max_length."""
+    tasks: list | None = None
+    """Several tasks in one run, for a method with a prompt per task (multitask_prompt_tuning): a list of
+    {name, train_file, eval_file, max_train_rows, task: {TaskSpec fields}} in place of train_file, eval_file and
+    task. The i-th task's rows run with task id i; each task is scored over its own labels; eval/predict then
+    pick a task with --task NAME. Override a task's field with --tasks.I.FIELD (e.g. --tasks.0.train_file PATH)."""
+    max_train_rows: int | None = None
+    """Train on a seeded sample of this many rows (of each task); None: all rows. For quick runs and subsets of big sets."""
     validation_fraction: float = 0.0
     """Hold out this share of the training rows (stratified) to pick the best epoch, instead of the eval data."""
     balance_classes: bool = False
@@ -83,18 +124,40 @@ class TrainConfig:
     """scoring (label log-likelihood, one forward) or generation (greedy text mapped to a label)."""
     eval_batch_size: int = 16
     best_metric: str = "macro_f1"
-    """accuracy, macro_f1 or loss: which selects the best epoch."""
+    """accuracy, macro_f1 or loss: which selects the best epoch (on the validation_fraction rows if any, else the
+    eval data); last: keep the last epoch's adapter, the eval data only reported."""
     early_stopping_patience: int | None = None
     """Stop after this many epochs without a better selection metric."""
     output_dir: str = "runs/demo"
     progress: bool = True
+    calibration: dict | None = None
+    """{texts_file, column, limit}: after training, store the class prior on these unlabelled texts with the adapter
+    (softprompt.calibration); predict, eval and serve then divide the class probabilities by it."""
 
     def __post_init__(self) -> None:
         if isinstance(self.task, dict):
             self.task = TaskSpec(**self.task)
+        if self.tasks is not None:
+            if not isinstance(self.tasks, list) or not self.tasks:
+                raise ValueError(f"Invalid training config: tasks must be a non-empty list of tasks, got {self.tasks!r}.")
+            self.tasks = [TaskData.from_entry(entry, n) for n, entry in enumerate(self.tasks)]
         problems = []
-        if self.train_file is None and self.dataset is None:
-            problems.append("give train_file (a local file) or dataset (a hub id)")
+        if self.tasks:
+            names = [t.name for t in self.tasks]
+            if len(set(names)) != len(names):
+                problems.append(f"task names must differ, got {names}")
+            given = [name for name in ("train_file", "eval_file", "dataset", "eval_split") if getattr(self, name)]
+            if given:
+                problems.append(f"tasks replaces {', '.join(given)}: set them per task (tasks[I].train_file, tasks[I].eval_file)")
+            if len(self.tasks) > 1 and getattr(self, "calibration", None):
+                problems.append("calibration stores one class prior: it is for runs of one task, not tasks")
+            kinds = {t.task.task_type for t in self.tasks} | {self.task.task_type}
+            if kinds != {"CAUSAL_LM"}:
+                problems.append(f"tasks are trained by label scoring: every task's task_type must be CAUSAL_LM, got {sorted(kinds)}")
+        elif self.train_file is None and self.dataset is None:
+            problems.append("give train_file (a local file or hf://datasets/... files), dataset (a hub id), or tasks")
+        if self.max_train_rows is not None and not (isinstance(self.max_train_rows, int) and self.max_train_rows >= 1):
+            problems.append(f"max_train_rows must be a positive integer or null, got {self.max_train_rows!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.gradient_accumulation_steps < 1:
             problems.append("epochs, batch_size and gradient_accumulation_steps must be >= 1")
         if self.lr is None:
@@ -107,10 +170,15 @@ class TrainConfig:
             problems.append(f"task.task_type must be CAUSAL_LM or SEQ_CLS, got {self.task.task_type!r}")
         elif self.eval_method == "generation" and self.task.task_type == "SEQ_CLS":
             problems.append("eval_method 'generation' needs a language model: a SEQ_CLS head scores the classes")
-        if self.best_metric not in ("accuracy", "macro_f1", "loss"):
-            problems.append(f"best_metric must be accuracy, macro_f1 or loss, got {self.best_metric!r}")
+        if self.best_metric not in ("accuracy", "macro_f1", "loss", "last"):
+            problems.append(f"best_metric must be accuracy, macro_f1, loss or last, got {self.best_metric!r}")
+        elif self.best_metric == "last" and self.early_stopping_patience is not None:
+            problems.append("early_stopping_patience needs a best_metric to watch (accuracy, macro_f1 or loss), not last")
         if not 0 <= self.validation_fraction < 1:
             problems.append(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
+        if self.calibration is not None and (not isinstance(self.calibration, dict) or "texts_file" not in self.calibration
+                                             or set(self.calibration) - {"texts_file", "column", "limit"}):
+            problems.append("calibration takes {texts_file (required), column, limit}")
         if problems:
             raise ValueError("Invalid training config: " + "; ".join(problems) + ".")
         self.method_config()  # validates method and options now, not after loading the model
@@ -121,7 +189,17 @@ class TrainConfig:
         unknown = sorted(set(self.method_options) - known)
         if unknown:
             raise ValueError(f"method_options {unknown} are not fields of {config_class.__name__}; known: {sorted(known)}.")
-        return config_class(**{"base_model_name_or_path": self.model, "task_type": self.task.task_type, **self.method_options})
+        options = dict(self.method_options)
+        if self.tasks:  # a prompt per task: as many as the run has (a method with num_tasks), else one task only
+            if "num_tasks" in known:
+                options.setdefault("num_tasks", len(self.tasks))
+                if options["num_tasks"] != len(self.tasks):
+                    raise ValueError(f"method_options.num_tasks is {options['num_tasks']} but tasks lists {len(self.tasks)}: "
+                                     "leave num_tasks out (it follows tasks).")
+            elif len(self.tasks) > 1:
+                raise ValueError(f"{self.method} has one prompt for every row; training {len(self.tasks)} tasks at once needs a "
+                                 "prompt per task: method multitask_prompt_tuning.")
+        return config_class(**{"base_model_name_or_path": self.model, "task_type": self.task.task_type, **options})
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike, overrides: dict | None = None) -> "TrainConfig":
@@ -138,10 +216,7 @@ class TrainConfig:
     def from_dict(cls, data: dict, overrides: dict | None = None, origin: str = "config") -> "TrainConfig":
         data = json.loads(json.dumps(data))  # deep copy
         for dotted, value in (overrides or {}).items():
-            target, *path, leaf = [data] + dotted.split(".")
-            for key in path:
-                target = target.setdefault(key, {})
-            target[leaf] = value
+            set_dotted(data, dotted, value, origin)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -152,16 +227,54 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-PATH_FIELDS = ("train_file", "eval_file", "output_dir")  # always local paths
+def set_dotted(data: dict, dotted: str, value, origin: str = "config") -> None:
+    """data["a"]["b"] = value for "a.b"; a number steps into a list ("tasks.0.train_file")."""
+    keys = dotted.split(".")
+    target = data
+    for position, key in enumerate(keys):
+        if isinstance(target, list):
+            if not key.isdigit() or int(key) >= len(target):
+                raise ValueError(f"{origin}: --{dotted}: {key!r} is not an index of a list of {len(target)} (0..{len(target) - 1}).")
+            key = int(key)
+        elif not isinstance(target, dict):
+            raise ValueError(f"{origin}: --{dotted}: {'.'.join(keys[:position])} is {target!r}, not a mapping.")
+        if position == len(keys) - 1:
+            target[key] = value
+        elif isinstance(target, dict):
+            if target.get(key) is None:
+                target[key] = {}
+            target = target[key]
+        else:
+            target = target[key]
+
+
+PATH_FIELDS = ("train_file", "eval_file", "output_dir")  # local paths (or, for data, hf://datasets/... addresses)
 MAYBE_PATH_FIELDS = ("model",)  # a local folder, or a name (hub id, smollm2-135m)
+METHOD_PATH_OPTIONS = ("prompt_tuning_init_state_dict_path",)  # method_options that name a file (a source adapter)
+TASK_PATH_FIELDS = ("train_file", "eval_file")  # in each of tasks
+
+
+def local_path(folder: Path, value):
+    """A relative local path made absolute from `folder`; absolute paths, URLs (hf://...) and non-strings as given."""
+    if not isinstance(value, str) or not value or is_remote(value) or Path(value).expanduser().is_absolute():
+        return value
+    return str((folder / value).resolve())
 
 
 def paths_from(folder: Path, data: dict) -> dict:
     """The config's relative paths made absolute from `folder` (where the config file lies)."""
     data = dict(data)
+    if isinstance(data.get("method_options"), dict):
+        data["method_options"] = {key: local_path(folder, value) if key in METHOD_PATH_OPTIONS else value
+                                  for key, value in data["method_options"].items()}
+    if isinstance(data.get("tasks"), list):
+        data["tasks"] = [{key: local_path(folder, value) if key in TASK_PATH_FIELDS else value for key, value in entry.items()}
+                         if isinstance(entry, dict) else entry for entry in data["tasks"]]
+    if isinstance(data.get("calibration"), dict) and data["calibration"].get("texts_file"):
+        data["calibration"] = {**data["calibration"], "texts_file": local_path(folder, data["calibration"]["texts_file"])}
     for name in PATH_FIELDS + MAYBE_PATH_FIELDS:
         value = data.get(name)
-        if not isinstance(value, str) or not value or Path(value).expanduser().is_absolute():
+        if not isinstance(value, str) or not value or is_remote(value) or Path(value).expanduser().is_absolute():
             continue
         candidate = folder / value
         if name in PATH_FIELDS or value.startswith(".") or candidate.exists():
@@ -170,21 +283,61 @@ def paths_from(folder: Path, data: dict) -> dict:
 
 
 # ---- data ----------------------------------------------------------------------------------
+@dataclass
+class TaskRows:
+    """One task's encoder and encoded rows: training, held-out selection rows (validation_fraction), evaluation."""
+
+    name: str | None
+    encoder: Encoder
+    train: list[Example]
+    selection: list[Example] | None
+    evaluation: list[Example] | None
+
+
 def load_task_data(config: TrainConfig, tokenizer):
-    """-> (encoder, train examples, selection examples or None, eval examples or None)."""
-    source = config.train_file or config.dataset
-    train_table = load_table(source, config.dataset_config, config.train_split)
-    names = resolve_label_names(config.task, train_table)
-    encoder = Encoder(tokenizer, config.task, names)
-    train = encoder.encode_table(train_table)
-    evaluation = None
-    if config.eval_file or config.eval_split:
-        eval_table = load_table(config.eval_file or config.dataset, config.dataset_config, config.eval_split or "validation")
-        evaluation = encoder.encode_table(eval_table)
+    """-> (encoder, train examples, selection examples or None, eval examples or None) of a one-task config."""
+    parts = load_tasks_data(config, tokenizer)
+    if len(parts) > 1:
+        raise ValueError(f"The config has {len(parts)} tasks: use load_tasks_data, one TaskRows per task.")
+    return parts[0].encoder, parts[0].train, parts[0].selection, parts[0].evaluation
+
+
+def load_tasks_data(config: TrainConfig, tokenizer) -> list[TaskRows]:
+    """Each task's encoder and rows: the config's one task, or each of `tasks` (rows tagged with its task id)."""
+    if not config.tasks:
+        train_table = load_table(config.train_file or config.dataset, config.dataset_config, config.train_split, "train_file")
+        eval_table = None
+        if config.eval_file or config.eval_split:
+            eval_table = load_table(config.eval_file or config.dataset, config.dataset_config, config.eval_split or "validation",
+                                    "eval_file")
+        return [encode_task(None, config.task, train_table, eval_table, config.max_train_rows, config, tokenizer)]
+    parts = []
+    for n, entry in enumerate(config.tasks):
+        train_table = load_table(entry.train_file, field=f"tasks.{n}.train_file")
+        eval_table = load_table(entry.eval_file, field=f"tasks.{n}.eval_file") if entry.eval_file else None
+        limit = entry.max_train_rows if entry.max_train_rows is not None else config.max_train_rows
+        parts.append(encode_task(entry.name, entry.task, train_table, eval_table, limit, config, tokenizer))
+    return parts
+
+
+def encode_task(name, spec: TaskSpec, train_table: Table, eval_table: Table | None, limit: int | None, config: TrainConfig,
+                tokenizer) -> TaskRows:
+    names = resolve_label_names(spec, train_table)  # from every row, before any sampling
+    encoder = Encoder(tokenizer, spec, names)
+    train = encoder.encode_table(sample_rows(train_table, limit, config.seed))
+    evaluation = None if eval_table is None else encoder.encode_table(eval_table)
     selection = None
     if config.validation_fraction > 0:
         train, selection = stratified_split(train, config.validation_fraction, config.seed)
-    return encoder, train, selection, evaluation
+    return TaskRows(name, encoder, train, selection, evaluation)
+
+
+def sample_rows(table: Table, limit: int | None, seed: int) -> Table:
+    """A seeded sample of `limit` rows, in the table's order (all rows when it has no more)."""
+    if limit is None or len(table.rows) <= limit:
+        return table
+    keep = sorted(random.Random(seed).sample(range(len(table.rows)), limit))
+    return Table([table.rows[i] for i in keep], f"{table.origin} (a sample of {limit} rows)", table.class_names)
 
 
 def groups_by_label(examples: list[Example]) -> list[list[Example]]:
@@ -206,16 +359,25 @@ def stratified_split(examples: list[Example], fraction: float, seed: int) -> tup
     return keep, held
 
 
+def groups_by_task(examples: list[Example]) -> list[list[Example]]:
+    """The examples of each task id, in task order (one group when the rows carry none)."""
+    groups: dict[int, list[Example]] = {}
+    for example in examples:
+        groups.setdefault(-1 if example.task is None else example.task, []).append(example)
+    return [groups[task] for task in sorted(groups)]
+
+
 def epoch_examples(examples: list[Example], config: TrainConfig, epoch: int) -> list[Example]:
-    """The rows of one epoch: all of them, plus (balance_classes) seeded repeats of the smaller classes."""
+    """The rows of one epoch: all of them, plus (balance_classes) seeded repeats of the smaller classes of each task."""
     if not config.balance_classes:
         return examples
     rng = random.Random(config.seed * 100_003 + epoch)
-    groups = groups_by_label(examples)
-    largest = max(len(group) for group in groups)
     rows = []
-    for group in groups:
-        rows += group + [rng.choice(group) for _ in range(largest - len(group))]
+    for task_rows in groups_by_task(examples):
+        groups = groups_by_label(task_rows)
+        largest = max(len(group) for group in groups)
+        for group in groups:
+            rows += group + [rng.choice(group) for _ in range(largest - len(group))]
     return rows
 
 
@@ -241,7 +403,7 @@ def optimizer_from_files(tensors: dict[str, torch.Tensor], info: dict) -> dict:
     return {"state": state, "param_groups": info["param_groups"]}
 
 
-def save_checkpoint(folder: Path, model: PeftModel, encoder: Encoder, optimizer, scheduler, state: dict) -> None:
+def save_checkpoint(folder: Path, model: PeftModel, encoder: Encoder | list[Encoder], optimizer, scheduler, state: dict) -> None:
     tensors, optimizer_info = optimizer_to_files(optimizer)
 
     def write(staging: Path) -> None:
@@ -270,10 +432,12 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
 
     torch.manual_seed(config.seed)
     tokenizer = load_tokenizer(config.model)
-    encoder, train_examples, selection, evaluation = load_task_data(config, tokenizer)
-    report_truncation(train_examples, selection, evaluation, main)
+    parts = load_tasks_data(config, tokenizer)
+    encoders = [part.encoder for part in parts]
+    train_examples = [example for part in parts for example in part.train]
+    report_truncation(parts, main)
     task = task_kind(config.task.task_type)(train_examples)
-    base = load_base_model(config.model, auto_class=task.auto_class(), **task.model_kwargs(encoder))
+    base = load_base_model(config.model, auto_class=task.auto_class(), **task.model_kwargs(encoders[0]))
     model = get_peft_model(base, config.method_config())
     if state is not None:
         model.prompt_source.load_state_dict(load_file(str(checkpoint_dir / adapters.SOURCE_NAME)))
@@ -343,21 +507,19 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
         train_loss = (loss_sum / token_count).item()
         line = {"epoch": epoch + 1, "train_loss": train_loss, "train_ppl": safe_exp(train_loss)}
         if main:
-            if evaluation is not None:
-                line.update(prefixed("eval_", evaluate_examples(plain, encoder, evaluation, config)))
-            if selection is not None:
-                line.update(prefixed("val_", evaluate_examples(plain, encoder, selection, config)))
+            line.update(evaluate_parts(plain, parts, "evaluation", config, "eval_"))
+            line.update(evaluate_parts(plain, parts, "selection", config, "val_"))
             line["lr"] = scheduler.get_last_lr()[0]
             line["seconds"] = round(time.time() - started, 2)
             chosen = selection_score(line, config)
             improved = best is None or chosen is None or chosen > best["score"]
             if improved:
                 best = {"epoch": epoch + 1, "score": chosen}
-                write_adapter(plain, encoder, adapter_dir)
+                write_adapter(plain, encoders, adapter_dir)
             history.append(line)
             append_metrics(out, line, history)
             save_checkpoint(
-                checkpoint_dir, plain, encoder, optimizer, scheduler, {"epoch": epoch + 1, "history": history, "best": best}
+                checkpoint_dir, plain, encoders, optimizer, scheduler, {"epoch": epoch + 1, "history": history, "best": best}
             )
             print(format_line(line))
             crash_for_tests(epoch + 1)
@@ -368,8 +530,29 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
                 print(f"Early stopping: no better {config.best_metric} for {patience} epochs (best: epoch {best['epoch']}).")
             break
     accelerator.wait_for_everyone()
+    if main and config.calibration and adapter_dir.is_dir():
+        from .calibration import calibrate_trained
+
+        calibrate_trained(adapter_dir, config.calibration, device=accelerator.device)
     accelerator.end_training()
     return history[-1] if history else {}
+
+
+def evaluate_parts(model, parts: list[TaskRows], attribute: str, config: TrainConfig, prefix: str) -> dict:
+    """Metrics of each task's `attribute` rows (evaluation or selection): prefix+metric for one task; for several,
+    their means as prefix+metric (what best_metric reads) and each task's as prefix+name_+metric."""
+    scored = [(part, getattr(part, attribute)) for part in parts if getattr(part, attribute)]
+    if not scored:
+        return {}
+    if len(parts) == 1:
+        return prefixed(prefix, evaluate_examples(model, scored[0][0].encoder, scored[0][1], config))
+    per_task = {part.name: evaluate_examples(model, part.encoder, rows, config) for part, rows in scored}
+    mean = {key: sum(metrics[key] for metrics in per_task.values()) / len(per_task) for key in ("loss", "accuracy", "macro_f1")}
+    line = prefixed(prefix, {"loss": mean["loss"], "ppl": safe_exp(mean["loss"]), "accuracy": mean["accuracy"],
+                             "macro_f1": mean["macro_f1"]})
+    for name, metrics in per_task.items():
+        line.update(prefixed(f"{prefix}{name}_", metrics))
+    return line
 
 
 def evaluate_examples(model, encoder, examples, config) -> dict:
@@ -387,11 +570,13 @@ def evaluate_examples(model, encoder, examples, config) -> dict:
     return {"loss": loss, "ppl": safe_exp(loss), "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
 
 
-def write_adapter(model: PeftModel, encoder: Encoder, folder: Path) -> None:
+def write_adapter(model: PeftModel, encoder: Encoder | list[Encoder], folder: Path) -> None:
     adapters.write_folder_atomically(folder, lambda staging: (model.write_adapter_files(staging), write_task(staging, encoder)))
 
 
 def selection_score(line: dict, config: TrainConfig) -> float | None:
+    if config.best_metric == "last":
+        return None  # every epoch replaces the adapter: the last one is kept
     prefix = "val_" if f"val_{config.best_metric}" in line else "eval_"
     value = line.get(prefix + config.best_metric)
     if value is None:
@@ -444,14 +629,16 @@ def plot_metrics(history: list[dict], path: Path) -> None:
     os.replace(temp, path)
 
 
-def report_truncation(train, selection, evaluation, main: bool) -> None:
+def report_truncation(parts: list[TaskRows], main: bool) -> None:
     if not main:
         return
-    for name, examples in (("train", train), ("validation", selection), ("eval", evaluation)):
-        if examples:
-            cut = sum(e.truncated for e in examples)
-            if cut:
-                print(f"{name}: {cut} of {len(examples)} examples had their text truncated to fit max_length.")
+    for part in parts:
+        for name, examples in (("train", part.train), ("validation", part.selection), ("eval", part.evaluation)):
+            if examples:
+                cut = sum(e.truncated for e in examples)
+                if cut:
+                    where = f"{part.name} {name}" if part.name else name
+                    print(f"{where}: {cut} of {len(examples)} examples had their text truncated to fit max_length.")
 
 
 def tqdm_or_none(iterable, description: str, enabled: bool):
