@@ -1,19 +1,33 @@
-"""Dev-set quality of the shipped twitter_complaints configs, over several seeds, and of their ensembles.
+"""Dev-set quality of the shipped twitter_complaints configs and of PEFT LoRA, over seeds, with their ensembles.
 
-    .venv/bin/python benchmarks/quality.py                                   # 3 methods x 3 seeds (~35 min)
-    .venv/bin/python benchmarks/quality.py --methods prompt_tuning --seeds 42 43 44 45 46
+    .venv/bin/python benchmarks/quality.py                        # 3 prompt methods + LoRA x 5 seeds (~1 h on 2 free cores)
+    .venv/bin/python benchmarks/quality.py --quick                # seed 42 only (reuses whatever is cached)
+    .venv/bin/python benchmarks/quality.py --methods prompt_tuning lora --seeds 42 43 44 45 46
     .venv/bin/python benchmarks/quality.py --table benchmarks/results/quality.json
 
-Each run is `softprompt train --config configs/twitter_complaints/METHOD.yaml --seed S --eval_file null`
+Each prompt run is `softprompt train --config configs/twitter_complaints/METHOD.yaml --seed S --eval_file null`
 (dev.csv is never seen in training), then label scoring of the 400 labelled dev tweets with the saved
-adapter. The ensemble averages the class probabilities of a method's seeds, as
-`softprompt eval ADAPTER ADAPTER ...` does. Runs already in the results file are reused (delete it to redo).
+adapter. `lora` is PEFT 0.21.2's LoRA (r=8 on q/k/v/o, alpha 8, no dropout; lr 1e-3, 10 epochs) trained in
+a copy of softprompt's loop (same AdamW, linear schedule, clipping, seeded balanced epochs and batches,
+template, " yes"/" no" labels, loss on the label tokens) and scored the same way (summed label+EOS
+log-likelihood, softmax over the classes): the only difference is the adapter.
+
+Every method is shown twice: plain label scoring, and "+ prior" (softprompt.calibration): each class
+probability divided by the model's mean class probability on unlabelled inputs, then renormalised. The
+prior is estimated on the 400 dev tweets' texts, without their labels (dev is a sample of RAFT's
+unlabelled test set, which RAFT allows as unlabelled data); `--unlabelled N` also scores N other test
+tweets per run and records that prior too. The ensemble averages the (calibrated) class probabilities of
+a method's seeds, as `softprompt eval ADAPTER --ensemble ADAPTER ...` does. Runs already in the results
+file are reused (delete one to redo it).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import math
+import random
 import statistics
 import time
 from pathlib import Path
@@ -21,17 +35,34 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-DEV = ROOT.parent / "shared" / "data" / "twitter_complaints" / "dev.csv"
-METHODS = ["prompt_tuning", "p_tuning", "prefix_tuning"]
+DATA = ROOT.parent / "shared" / "data" / "twitter_complaints"
+DEV = DATA / "dev.csv"
+PROMPT_METHODS = ["prompt_tuning", "p_tuning", "prefix_tuning"]
+METHODS = PROMPT_METHODS + ["lora"]
+LORA = {"r": 8, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"], "lr": 1e-3, "epochs": 10}
 
 
-def train_and_score(method: str, seed: int, overrides: dict, runs: Path) -> dict:
+def unlabelled_texts(count: int) -> list[str]:
+    """`count` RAFT test tweets (unlabelled) that are not in dev.csv, the same for every run."""
+    from softprompt.data import load_table
+
+    dev = {r["Tweet text"] for r in load_table(str(DEV)).rows}
+    texts = [r["Tweet text"] for r in load_table(str(DATA / "test.csv")).rows if r["Tweet text"] not in dev]
+    return random.Random(0).sample(texts, count) if count else []
+
+
+def rounded(log_probs: torch.Tensor) -> list[list[float]]:
+    return [[round(v, 5) for v in row] for row in log_probs.log_softmax(-1).tolist()]
+
+
+def train_and_score(method: str, seed: int, overrides: dict, runs: Path, unlabelled: list[str]) -> dict:
     from softprompt import Predictor
     from softprompt.data import load_table
     from softprompt.train import TrainConfig, train
 
     output_dir = runs / f"{method}-seed{seed}"
-    settings = {"seed": seed, "eval_file": None, "output_dir": str(output_dir), "progress": False, **overrides}
+    settings = {"seed": seed, "train_file": str(DATA / "train.csv"), "eval_file": None, "output_dir": str(output_dir), "progress": False,
+                "calibration": None, **overrides}
     config = TrainConfig.from_yaml(ROOT / "configs" / "twitter_complaints" / f"{method}.yaml", settings)
     started = time.time()
     train(config)
@@ -39,15 +70,94 @@ def train_and_score(method: str, seed: int, overrides: dict, runs: Path) -> dict
     predictor = Predictor.from_pretrained(str(output_dir / "adapter"), device="cpu")
     encoder = predictor.task()
     scores = torch.stack(predictor.scores(load_table(str(DEV)).rows))  # [400, classes] label log-likelihoods
-    return {
-        "method": method,
-        "seed": seed,
-        "train_seconds": round(seconds, 1),
-        "class_names": encoder.class_names,
-        "log_probs": [[round(v, 5) for v in row] for row in scores.log_softmax(-1).tolist()],
-    }
+    run = {"method": method, "seed": seed, "train_seconds": round(seconds, 1), "class_names": encoder.class_names,
+           "log_probs": rounded(scores)}
+    if unlabelled:
+        run["unlabelled_log_probs"] = rounded(torch.stack(predictor.scores(unlabelled)))
+    return run
 
 
+# ---- LoRA in softprompt's loop ---------------------------------------------------------------
+def positions(mask: torch.Tensor) -> torch.Tensor:
+    return (mask.cumsum(-1) - 1).clamp_min(0)
+
+
+@torch.no_grad()
+def lm_label_scores(model, encoder, examples, batch_size: int = 16) -> torch.Tensor:
+    """[N, K] summed log-likelihood of each class's label tokens (and EOS) after each left-padded prompt, for
+    a plain (or PEFT-wrapped) causal LM: the prompt runs once, each label continues from a copy of its cache."""
+    from softprompt.data import pad_left, sorted_batches
+
+    targets = [encoder.target_ids(k) for k in range(len(encoder.class_names))]
+    pad = encoder.tokenizer.pad_token_id
+    scores = torch.zeros(len(examples), len(targets))
+    model.eval()
+    for batch in sorted_batches([len(e.prompt_ids) for e in examples], batch_size):
+        ids = pad_left([examples[i].prompt_ids for i in batch], pad)
+        mask = pad_left([[1] * len(examples[i].prompt_ids) for i in batch], 0)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), use_cache=True)
+        first = out.logits[:, -1].float().log_softmax(-1)
+        for k, target in enumerate(targets):
+            total = first[:, target[0]].clone()
+            if len(target) > 1:
+                rest = torch.tensor([target[:-1]] * len(batch))
+                full = torch.cat([mask, torch.ones_like(rest)], 1)
+                step = model(input_ids=rest, attention_mask=full, position_ids=positions(full)[:, -rest.shape[1]:],
+                             past_key_values=copy.deepcopy(out.past_key_values), use_cache=True)
+                logp = step.logits.float().log_softmax(-1)
+                total += logp.gather(-1, torch.tensor([target[1:]] * len(batch)).unsqueeze(-1)).squeeze(-1).sum(-1)
+            scores[batch, k] = total
+    return scores
+
+
+def train_lora_and_score(seed: int, runs: Path, unlabelled: list[str], extra: dict | None = None) -> dict:
+    """PEFT LoRA with softprompt.train's loop (accelerate, gradient accumulation and checkpoints aside)."""
+    from peft import LoraConfig, get_peft_model
+    from softprompt.data import length_grouped_batches, load_table
+    from softprompt.models import load_base_model, load_tokenizer
+    from softprompt.tasks import LabelScoring
+    from softprompt.train import TrainConfig, epoch_examples, load_task_data
+    from transformers import get_linear_schedule_with_warmup
+
+    settings = {"seed": seed, "train_file": str(DATA / "train.csv"), "eval_file": None, "lr": LORA["lr"], "epochs": LORA["epochs"], "progress": False,
+                "output_dir": str(runs / f"lora-seed{seed}"), **(extra or {})}
+    config = TrainConfig.from_yaml(ROOT / "configs" / "twitter_complaints" / "prompt_tuning.yaml", settings)
+    started = time.time()
+    torch.manual_seed(config.seed)
+    tokenizer = load_tokenizer(config.model)
+    encoder, examples, _, _ = load_task_data(config, tokenizer)
+    task = LabelScoring(examples)
+    lora = LoraConfig(r=LORA["r"], target_modules=LORA["target_modules"], task_type="CAUSAL_LM")
+    model = get_peft_model(load_base_model(config.model), lora)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay)
+    batches_per_epoch = math.ceil(len(epoch_examples(examples, config, 0)) / config.batch_size)
+    scheduler = get_linear_schedule_with_warmup(optimizer, 0, batches_per_epoch * config.epochs)
+    pad = tokenizer.pad_token_id
+    for epoch in range(config.epochs):
+        torch.manual_seed(config.seed + epoch)
+        rows = epoch_examples(examples, config, epoch)
+        model.train()
+        for batch_rows in length_grouped_batches([len(e.prompt_ids) + len(e.target_ids) for e in rows], config.batch_size, config.seed + epoch):
+            batch = task.collate([rows[i] for i in batch_rows], pad)
+            labels = batch.pop("labels")[:, -task.keep:]  # rows are left-padded: the labels end every row
+            loss = model(**batch, labels=labels, position_ids=positions(batch["attention_mask"]), logits_to_keep=task.keep).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+    seconds = time.time() - started
+    model.save_pretrained(config.output_dir)  # PEFT's adapter files (safetensors)
+    dev = encoder.encode_table(load_table(str(DEV)))
+    run = {"method": "lora", "seed": seed, "train_seconds": round(seconds, 1), "class_names": encoder.class_names,
+           "log_probs": rounded(lm_label_scores(model, encoder, dev))}
+    if unlabelled:
+        encoded = [encoder.encode({config.task.text_columns[0]: t}, labelled=False) for t in unlabelled]
+        run["unlabelled_log_probs"] = rounded(lm_label_scores(model, encoder, encoded))
+    return run
+
+
+# ---- figures -----------------------------------------------------------------------------------
 def dev_gold(class_names: list[str]) -> list[int]:
     """Gold class positions of the dev tweets, read from ../shared (labels are not copied into results)."""
     from softprompt.data import load_table
@@ -56,43 +166,61 @@ def dev_gold(class_names: list[str]) -> list[int]:
     return [class_names.index(labels[int(row["Label"])]) for row in load_table(str(DEV)).rows]
 
 
-def metrics(run_gold: list[int], log_probs: torch.Tensor, class_names: list[str]) -> dict:
+def metrics(run_gold: list[int], probabilities: torch.Tensor, class_names: list[str]) -> dict:
     from softprompt.evaluate import classification_metrics
 
-    m = classification_metrics(run_gold, log_probs.argmax(-1).tolist(), class_names)
+    m = classification_metrics(run_gold, probabilities.argmax(-1).tolist(), class_names)
     return {"accuracy": round(m["accuracy"], 3), "macro_f1": round(m["macro_f1"], 3)}
+
+
+def probabilities(run: dict, calibrated: bool) -> torch.Tensor:
+    from softprompt.calibration import calibrate, estimate_prior
+
+    p = torch.tensor(run["log_probs"]).exp()
+    return calibrate(p, estimate_prior(p)) if calibrated else p  # prior: the dev texts, labels unused
+
+
+def summary(runs: list[dict], calibrated: bool) -> dict:
+    names = runs[0]["class_names"]
+    gold = dev_gold(names)
+    members = [probabilities(r, calibrated) for r in runs]
+    single = [metrics(gold, p, names) for p in members]
+    f1s = [m["macro_f1"] for m in single]
+    ensemble = metrics(gold, torch.stack(members).mean(0), names)
+    return {
+        "seeds": [r["seed"] for r in runs], "macro_f1": f1s, "mean_macro_f1": round(statistics.mean(f1s), 3),
+        "sd_macro_f1": round(statistics.stdev(f1s), 3) if len(f1s) > 1 else 0.0,
+        "mean_accuracy": round(statistics.mean(m["accuracy"] for m in single), 3),
+        "ensemble_macro_f1": ensemble["macro_f1"], "ensemble_accuracy": ensemble["accuracy"],
+    }
 
 
 def table(runs: list[dict]) -> str:
     lines = [
-        "| method | seeds | macro-F1 per seed | mean macro-F1 (sd) | mean accuracy | ensemble macro-F1 | ensemble accuracy |",
-        "|---|---|---|---|---|---|---|",
+        "| method | scoring | seeds | macro-F1 per seed | mean macro-F1 (sd) | mean accuracy | ensemble macro-F1 | ensemble accuracy |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for method in METHODS:
-        mine = [r for r in runs if r["method"] == method]
-        if not mine:
-            continue
-        names = mine[0]["class_names"]
-        gold = dev_gold(names)
-        single = [metrics(gold, torch.tensor(r["log_probs"]), names) for r in mine]
-        f1s = [m["macro_f1"] for m in single]
-        accuracies = [m["accuracy"] for m in single]
-        averaged = torch.stack([torch.tensor(r["log_probs"]).exp() for r in mine]).mean(0).log()
-        ensemble = metrics(gold, averaged, names)
-        sd = statistics.stdev(f1s) if len(f1s) > 1 else 0.0
-        lines.append(
-            f"| {method} | {', '.join(str(r['seed']) for r in mine)} | {', '.join(f'{f:.3f}' for f in f1s)} "
-            f"| {statistics.mean(f1s):.3f} ({sd:.3f}) | {statistics.mean(accuracies):.3f} "
-            f"| {ensemble['macro_f1']:.3f} | {ensemble['accuracy']:.3f} |"
-        )
+        mine = sorted((r for r in runs if r["method"] == method), key=lambda r: r["seed"])
+        for calibrated in (False, True):
+            if not mine:
+                continue
+            s = summary(mine, calibrated)
+            lines.append(
+                f"| {method} | {'+ prior' if calibrated else 'plain'} | {', '.join(map(str, s['seeds']))} "
+                f"| {', '.join(f'{f:.3f}' for f in s['macro_f1'])} | {s['mean_macro_f1']:.3f} ({s['sd_macro_f1']:.3f}) "
+                f"| {s['mean_accuracy']:.3f} | {s['ensemble_macro_f1']:.3f} | {s['ensemble_accuracy']:.3f} |"
+            )
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
-    parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44])
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides (YAML values)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44, 45, 46])
+    parser.add_argument("--quick", action="store_true", help="seed 42 only (a quick look; cached runs are reused)")
+    parser.add_argument("--unlabelled", type=int, default=0, help="also score this many unlabelled test tweets per new run")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides of the prompt methods (YAML values)")
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "quality.json"))
     parser.add_argument("--runs", default=str(ROOT / "runs" / "quality"), help="where the adapters go")
     parser.add_argument("--table", metavar="RESULTS", help="only print the table of a results file")
@@ -105,19 +233,31 @@ def main() -> None:
         return
     import yaml
 
+    seeds = [42] if args.quick else args.seeds
     overrides = {key: yaml.safe_load(value) for key, value in (pair.split("=", 1) for pair in args.set)}
     path = Path(args.results)
     results = json.loads(path.read_text()) if path.is_file() else {"overrides": overrides, "runs": []}
     if results["overrides"] != overrides:
         raise SystemExit(f"{path} holds runs with overrides {results['overrides']}; give another --results.")
+    unlabelled = unlabelled_texts(args.unlabelled)
     for method in args.methods:
-        for seed in args.seeds:
+        for seed in seeds:
             if any(r["method"] == method and r["seed"] == seed for r in results["runs"]):
                 continue
-            results["runs"].append(train_and_score(method, seed, overrides, Path(args.runs)))
+            if method == "lora":
+                run = train_lora_and_score(seed, Path(args.runs), unlabelled)
+            else:
+                run = train_and_score(method, seed, overrides, Path(args.runs), unlabelled)
+            results["runs"].append(run)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(results))
             print(table(results["runs"]), flush=True)
+    results["summary"] = {
+        f"{method} {'+ prior' if calibrated else 'plain'}": summary(mine, calibrated)
+        for method in METHODS for calibrated in (False, True)
+        if (mine := sorted((r for r in results["runs"] if r["method"] == method), key=lambda r: r["seed"]))
+    }
+    path.write_text(json.dumps(results))
     print(table(results["runs"]))
 
 
