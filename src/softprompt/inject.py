@@ -61,12 +61,13 @@ def probe_shape(model: nn.Module) -> ModelShape:
     one_token = torch.zeros(1, 1, dtype=torch.long, device=device)
     encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
     extra = {"decoder_input_ids": one_token} if encoder_decoder else {}
-    backbone = getattr(model, "base_model", model)  # heads such as token classification return no cache
     was_training = model.training
     model.eval()
-    output = backbone(input_ids=one_token, use_cache=True, **extra)
+    cache = output_cache(model(input_ids=one_token, use_cache=True, **extra))
+    backbone = getattr(model, "base_model", model)
+    if cache is None and backbone is not model:  # a head that returns no cache (token classification)
+        cache = output_cache(backbone(input_ids=one_token, use_cache=True, **extra))
     model.train(was_training)
-    cache = output_cache(output)
     if cache is None:
         return probe_encoder_shape(model, config)
     layers = layer_states(getattr(cache, "self_attention_cache", cache))  # a seq2seq model: the decoder's
