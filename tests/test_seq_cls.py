@@ -162,7 +162,7 @@ def test_sequence_classification_errors_are_clear(tmp_path):
     with pytest.raises(ValueError, match="has no classification head"):
         get_peft_model(tiny_model("llama_gqa"), PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=2))
     with pytest.raises(ConfigError, match="is not supported yet"):
-        PromptTuningConfig(task_type=TaskType.TOKEN_CLS, num_virtual_tokens=2)
+        PromptTuningConfig(task_type=TaskType.QUESTION_ANS, num_virtual_tokens=2)
     causal = get_peft_model(tiny_model("llama_gqa"), PromptTuningConfig(num_virtual_tokens=2))
     causal.save_pretrained(tmp_path)
     with pytest.raises(Exception, match="holds no classification head"):
