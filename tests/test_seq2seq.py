@@ -16,6 +16,7 @@ from softprompt import (
     PromptTuningConfig,
     get_peft_model,
 )
+from softprompt.compat import PrefixCall, prefix_attention_context
 from transformers import AutoModelForSeq2SeqLM, BartConfig, T5Config
 
 from tiny_models import tiny_model
@@ -42,8 +43,11 @@ METHODS = {
     ),
     "prefix_tuning": lambda: PrefixTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=4),
     "prefix_projection": lambda: PrefixTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=3, prefix_projection=True, encoder_hidden_size=16),
+    # Li & Liang's placement: encoder and decoder (softprompt's own layout; PEFT cannot read it)
+    "encoder_prefix": lambda: PrefixTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=4, encoder_prefix=True),
 }
 CASES = [(arch, method) for arch in MODELS for method in METHODS]
+PEFT_CASES = [(arch, method) for arch, method in CASES if method != "encoder_prefix"]
 
 
 def base_model(arch, seed=0):
@@ -193,7 +197,7 @@ def test_save_and_load_round_trip_is_bit_exact(arch, method, tmp_path):
                            loaded(input_ids=ids, attention_mask=mask, decoder_input_ids=ids[:, :3]).logits)
 
 
-@pytest.mark.parametrize("arch,method", CASES)
+@pytest.mark.parametrize("arch,method", PEFT_CASES)
 def test_peft_reads_our_adapter_with_the_same_logits(arch, method, tmp_path):
     model = wrapped(arch, method)
     model.save_pretrained(tmp_path)
@@ -209,7 +213,7 @@ def test_peft_reads_our_adapter_with_the_same_logits(arch, method, tmp_path):
     assert set(saved) == {"prompt_embeddings"}
 
 
-@pytest.mark.parametrize("arch,method", CASES)
+@pytest.mark.parametrize("arch,method", PEFT_CASES)
 def test_we_read_peft_adapter_with_the_same_logits(arch, method, tmp_path):
     torch.manual_seed(3)
     config = METHODS[method]()
@@ -275,3 +279,37 @@ def test_clear_errors_for_the_wrong_task_type():
     model = wrapped("t5", "prompt_tuning")
     with pytest.raises(TypeError, match="not available yet"):
         model.score_continuations(torch.tensor([[5, 6]]), [[[7]]])
+
+
+@pytest.mark.parametrize("arch", MODELS)
+def test_encoder_prefix_reaches_the_encoder_and_a_masked_one_changes_nothing(arch):
+    """With encoder_prefix the encoder's states depend on the prefix; the same prefix with every position masked
+    gives the bare encoder (the mask, and T5's relative position bias, are extended alike)."""
+    model = wrapped(arch, "encoder_prefix")
+    ids, mask, _ = right_padded((6, 3))
+    states = model.prompt_states("default")
+    encoder_layers = [(k.expand(2, -1, -1, -1), v.expand(2, -1, -1, -1)) for k, v in states.layers[model.shape.num_layers :]]
+    assert len(encoder_layers) == model.shape.encoder_layers
+    encoder = model.base_model.get_encoder()
+    with torch.no_grad():
+        bare = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        with prefix_attention_context(PrefixCall(encoder_layers, torch.zeros(2, states.length, dtype=torch.long))):
+            masked = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        with prefix_attention_context(PrefixCall(encoder_layers, torch.ones(2, states.length, dtype=torch.long))):
+            prefixed = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+    torch.testing.assert_close(masked, bare, atol=1e-5, rtol=0)
+    assert (prefixed - bare)[mask.bool()].abs().max() > 1e-3
+
+
+def test_encoder_prefix_layout_and_errors(tmp_path):
+    model = wrapped("bart", "encoder_prefix")
+    assert model.prompt_table().shape == (4, (4 + 4) * 2 * 32)  # decoder and encoder layers, keys and values
+    model.save_pretrained(tmp_path)
+    assert '"encoder_prefix": true' in (tmp_path / "adapter_config.json").read_text()
+    with pytest.raises(Exception, match="size mismatch|shape"):  # PEFT refuses the wider table rather than misread it
+        peft.PeftModel.from_pretrained(base_model("bart"), tmp_path)
+    plain = wrapped("bart", "prefix_tuning")
+    plain.save_pretrained(tmp_path / "plain")
+    assert "encoder_prefix" not in (tmp_path / "plain" / "adapter_config.json").read_text()  # PEFT's JSON exactly
+    with pytest.raises(ConfigError, match="SEQ_2_SEQ_LM"):
+        PrefixTuningConfig(num_virtual_tokens=4, encoder_prefix=True)

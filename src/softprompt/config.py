@@ -75,6 +75,21 @@ class PromptLearningConfig:
     num_layers: int | None = None
     modules_to_save: list[str] | None = None
     auto_mapping: dict | None = None
+    pooling: str = "cls"
+    """SEQ_CLS on an encoder only (softprompt's own field, not PEFT's): what the classification head reads.
+    "cls" (default, as PEFT): the model's own pooling ([CLS] through BERT's pooler). "mean": the mean of the
+    text tokens' last hidden states (virtual tokens and padding excluded), as sentence encoders such as
+    all-MiniLM-L6-v2 were trained to be read. Saved in adapter_config.json only when not "cls"; PEFT 0.21 loads
+    such a file (it warns of an unknown field and drops it) but then runs the model with its own [CLS] pooling,
+    so its logits differ: use softprompt to run a mean-pooled adapter."""
+    head_init: str = "model"
+    """SEQ_CLS on an encoder only (softprompt's own field): how training starts the head. "model": the base
+    model's head as loaded (PEFT's way). "fit": before the first step, a class-balanced, L2-regularised logistic
+    regression on the features the head reads for the training rows (with the initial prompt), so training starts
+    from a linear probe. `softprompt train` does it; in a loop of your own (or the HF Trainer) call
+    `model.fit_head_on(batches)` first. Training only; saved (when not "model") as a record of the recipe."""
+
+    SOFTPROMPT_FIELDS: ClassVar[dict[str, Any]] = {"pooling": "cls", "head_init": "model"}  # omitted from the JSON at these values
 
     def __post_init__(self) -> None:
         self.task_type = _plain(self.task_type)
@@ -96,6 +111,13 @@ class PromptLearningConfig:
             )
         for name in ("token_dim", "num_layers", "num_attention_heads"):
             positive_int_or_none(self, name)
+        for name, choices in (("pooling", ("cls", "mean")), ("head_init", ("model", "fit"))):
+            value = str(getattr(self, name)).lower()
+            if value not in choices:
+                raise ConfigError(f"{name}={getattr(self, name)!r} is unknown. Use one of {', '.join(choices)}.")
+            setattr(self, name, value)
+            if value != self.SOFTPROMPT_FIELDS[name] and self.task_type != TaskType.SEQ_CLS.value:
+                raise ConfigError(f"{name}={value!r} is for sequence classification: set task_type='SEQ_CLS', or leave {name} out.")
 
     def fill_model_fields(self, shape) -> None:
         """Set the model-shape fields from the base model (as PEFT does when it wraps a model)."""
@@ -107,6 +129,9 @@ class PromptLearningConfig:
     # ---- JSON in PEFT's layout -------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        for name, default in self.SOFTPROMPT_FIELDS.items():  # PEFT's JSON exactly, unless asked for more
+            if data.get(name) == default:
+                del data[name]
         data["peft_type"] = self.peft_type.value
         return data
 

@@ -7,16 +7,25 @@ sequence, as PEFT does (the pooler then reads the first virtual token); key/valu
 i.e. P-tuning v2) join every layer's attention through transformers' attention interface, which PEFT 0.21
 cannot do with transformers 5. The head (`score` or `classifier`) trains with the prompt, one copy per
 adapter, saved under PEFT's names for `modules_to_save` (`base_model.classifier.weight`).
+
+Two options of softprompt's own, for encoders (config fields, saved in adapter_config.json only when set):
+`pooling="mean"` has the head read the mean of the text tokens' last hidden states (virtual tokens and
+padding excluded) instead of the model's [CLS]/pooler output; sentence encoders (all-MiniLM-L6-v2) were
+trained to be read that way. PEFT loads such an adapter but runs it with its own [CLS] pooling. And
+`head_init="fit"`: training starts the head from a class-balanced, L2-regularised logistic regression on the
+features the head reads (`fit_head`), so the prompt trains from a linear probe rather than a random head.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import os
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from transformers.modeling_outputs import SequenceClassifierOutputWithPast
 
 from . import adapters
@@ -42,12 +51,24 @@ class PeftModelForSequenceClassification(PeftModel):
                 f"{type(base).__name__} has no classification head ({' or '.join(HEAD_NAMES)}): load the base model with "
                 "AutoModelForSequenceClassification for task_type='SEQ_CLS', or use task_type='CAUSAL_LM'."
             )
+        shape = getattr(self, "shape", None)
+        if shape is not None and not shape.bidirectional and (peft_config.pooling != "cls" or peft_config.head_init != "model"):
+            raise ValueError(
+                f"pooling={peft_config.pooling!r} and head_init={peft_config.head_init!r} are for encoders (BERT, "
+                f"RoBERTa, DistilBERT); {type(base).__name__} pools its last real token: leave both at their defaults."
+            )
+        if peft_config.head_init == "fit" and not isinstance(getattr(base, self.head_name), nn.Linear):
+            raise ValueError(
+                f"head_init='fit' fits a linear head; {type(base).__name__}.{self.head_name} is a "
+                f"{type(getattr(base, self.head_name)).__name__}: use head_init='model'."
+            )
         if peft_config.modules_to_save is None:
             peft_config.modules_to_save = list(HEAD_NAMES)
         super().add_adapter(adapter_name, peft_config, prompt_source)
         if "heads" not in self._modules:
             self.heads = nn.ModuleDict()  # adapter name -> its head
             self.__dict__["original_head"] = getattr(base, self.head_name)  # stays the base model's submodule only
+            self.__dict__["settled_heads"] = set()  # adapters whose head was loaded or fitted: never fitted again
         head = copy.deepcopy(self.original_head)
         head.requires_grad_(True)
         self.heads[adapter_name] = head
@@ -55,6 +76,7 @@ class PeftModelForSequenceClassification(PeftModel):
     def delete_adapter(self, adapter_name: str) -> None:
         super().delete_adapter(adapter_name)
         del self.heads[adapter_name]
+        self.settled_heads.discard(adapter_name)
 
     @contextlib.contextmanager
     def head_of(self, adapter_name: str | None):
@@ -77,7 +99,8 @@ class PeftModelForSequenceClassification(PeftModel):
         **kwargs,
     ) -> SequenceClassifierOutputWithPast:
         """Class logits [B, num_labels]; loss over `labels` as the base model computes it (cross-entropy,
-        or MSE for one label). With left padding, pooling picks each row's last real token."""
+        or MSE for one label). Decoders, left-padded: pooling picks each row's last real token. Encoders,
+        right-padded: the model's [CLS] pooling, or the adapter's pooling="mean" over the real text tokens."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         batch = (input_ids if input_ids is not None else inputs_embeds).shape[0]
@@ -104,26 +127,113 @@ class PeftModelForSequenceClassification(PeftModel):
         return SequenceClassifierOutputWithPast(loss=output.loss, logits=output.logits)
 
     def encoder_forward(self, name, task_ids, batch, input_ids, inputs_embeds, attention_mask, labels, **kwargs):
-        """An encoder sees prompt and text together: no part of it runs once for the batch."""
+        """An encoder sees prompt and text together: no part of it runs once for the batch. With pooling="cls" the
+        base model pools and classifies (its head is the adapter's); with "mean", its backbone runs and we do."""
         base = self.base_model
         task = self.row_tasks(task_ids, [name] * batch)
         if len(set(task)) > 1:
             raise ValueError("One batch of an encoder takes one task: group the rows by task_ids.")
+        given = input_ids if input_ids is not None else inputs_embeds
+        if attention_mask is None:
+            attention_mask = torch.ones(given.shape[:2], dtype=torch.long, device=given.device)
+        text_mask = attention_mask  # [B, L]
+        mean = self.peft_config[name].pooling == "mean"
+        run = base.base_model if mean else functools.partial(base, labels=labels)  # BertModel, or the whole classifier
         if isinstance(self.injections[name], KVPrefix):  # per-layer keys/values, through the attention hook
             prefix = Prefix.shared(self.prompt_states(name, task=task[0]), batch)
             with prefix_attention_context(PrefixCall(prefix.layers, prefix.mask)):
-                return base(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **kwargs)
-        table = self.prompt_table(name, task[0])  # [P, H], placed before the text
-        if inputs_embeds is None:
-            inputs_embeds = base.get_input_embeddings()(input_ids)  # [B, L, H]
-        virtual = table.shape[0]
-        inputs_embeds = torch.cat([table.to(inputs_embeds.dtype).expand(batch, -1, -1), inputs_embeds], dim=1)
-        if attention_mask is None:
-            attention_mask = torch.ones(inputs_embeds.shape[:2][0], inputs_embeds.shape[1] - virtual, dtype=torch.long, device=inputs_embeds.device)
-        attention_mask = torch.cat([attention_mask.new_ones(batch, virtual), attention_mask], dim=1)  # [B, P+L]
-        if kwargs.get("token_type_ids") is not None:
-            kwargs["token_type_ids"] = torch.cat([kwargs["token_type_ids"].new_zeros(batch, virtual), kwargs["token_type_ids"]], dim=1)
-        return base(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **kwargs)
+                output = run(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+        else:
+            table = self.prompt_table(name, task[0])  # [P, H], placed before the text
+            if inputs_embeds is None:
+                inputs_embeds = base.get_input_embeddings()(input_ids)  # [B, L, H]
+            virtual = table.shape[0]
+            inputs_embeds = torch.cat([table.to(inputs_embeds.dtype).expand(batch, -1, -1), inputs_embeds], dim=1)
+            attention_mask = torch.cat([attention_mask.new_ones(batch, virtual), attention_mask], dim=1)  # [B, P+L]
+            if kwargs.get("token_type_ids") is not None:
+                kwargs["token_type_ids"] = torch.cat([kwargs["token_type_ids"].new_zeros(batch, virtual), kwargs["token_type_ids"]], dim=1)
+            output = run(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+        if not mean:
+            return output
+        pooled, head = self.pool_mean(base, output.last_hidden_state, text_mask), self.heads[name]  # [B, H]
+        logits = head(pooled) if isinstance(head, nn.Linear) else head(pooled[:, None])  # RoBERTa's head reads [B, L, H]
+        return SequenceClassifierOutputWithPast(loss=classification_loss(base.config, logits, labels), logits=logits)
+
+    @staticmethod
+    def pool_mean(base, hidden: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        """The mean of the text tokens' states (the last L of hidden [B, P+L, H]; mask [B, L]), then the
+        dropout the model applies before its classifier. -> [B, H]"""
+        hidden = hidden[:, hidden.shape[1] - text_mask.shape[1]:]  # drop virtual tokens
+        weights = text_mask.to(hidden.dtype).unsqueeze(-1)  # [B, L, 1]
+        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+        dropout = getattr(base, "dropout", None)
+        return dropout(pooled) if isinstance(dropout, nn.Dropout) else pooled
+
+    # ---- starting the head from a linear probe ---------------------------------------------------
+    @torch.no_grad()
+    def head_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                      adapter_name: str | None = None, **kwargs) -> torch.Tensor:
+        """What the adapter's head reads for these rows with the current prompt, in eval mode: [B, H]."""
+        name = adapter_name or self.active_name()
+        captured = []
+        hook = self.heads[name].register_forward_pre_hook(lambda module, args: captured.append(args[0]))
+        was_training = self.training
+        self.eval()
+        try:
+            self(input_ids=input_ids, attention_mask=attention_mask, adapter_names=[name] * input_ids.shape[0], **kwargs)
+        finally:
+            hook.remove()
+            self.train(was_training)
+        features = captured[0]
+        if features.dim() != 2:
+            raise ValueError(f"The head of {type(self.base_model).__name__} reads {tuple(features.shape)} per batch, not one vector per row.")
+        return features.float()
+
+    @torch.no_grad()
+    def fit_head(self, features: torch.Tensor, labels: torch.Tensor, adapter_name: str | None = None,
+                 l2: float = 1.0, balanced: bool = True) -> None:
+        """Set a linear head to the logistic regression on `features` [N, H] and `labels` [N] (class positions):
+        minimises sum_i w_i * cross-entropy_i + l2/2 * |weight|^2 (sklearn's objective with C = 1/l2), the
+        classes weighted to equal total weight when `balanced`. Classes absent from `labels` get no rows."""
+        name = adapter_name or self.active_name()
+        head = self.heads[name]
+        if not isinstance(head, nn.Linear):
+            raise ValueError(f"fit_head fits a linear head; this one is a {type(head).__name__}.")
+        features, labels = features.float().cpu(), labels.long().cpu()
+        counts = torch.bincount(labels, minlength=head.out_features).float()
+        weights = (len(labels) / (counts.clamp(min=1) * (counts > 0).sum()))[labels] if balanced else torch.ones(len(labels))
+        weight = torch.zeros(head.out_features, features.shape[1], requires_grad=True)
+        bias = torch.zeros(head.out_features, requires_grad=True)
+        optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=500, tolerance_grad=1e-9, tolerance_change=1e-12,
+                                      history_size=20, line_search_fn="strong_wolfe")
+
+        def objective():
+            optimizer.zero_grad()
+            loss = (F.cross_entropy(features @ weight.T + bias, labels, reduction="none") * weights).sum()
+            loss = loss + 0.5 * l2 * weight.pow(2).sum()
+            loss.backward()
+            return loss
+
+        with torch.enable_grad():
+            optimizer.step(objective)
+        head.weight.copy_(weight.detach().to(head.weight))
+        if head.bias is not None:
+            head.bias.copy_(bias.detach().to(head.bias))
+        self.settled_heads.add(name)
+
+    def fit_head_on(self, batches, adapter_name: str | None = None, **options) -> None:
+        """`fit_head` on the features of `batches`: an iterable of dicts with input_ids, attention_mask, labels."""
+        features, labels = [], []
+        device = self.base_model.get_input_embeddings().weight.device
+        for batch in batches:
+            features.append(self.head_features(batch["input_ids"].to(device), batch["attention_mask"].to(device), adapter_name).cpu())
+            labels.append(batch["labels"].cpu())
+        self.fit_head(torch.cat(features), torch.cat(labels), adapter_name, **options)
+
+    def head_needs_fit(self, adapter_name: str | None = None) -> bool:
+        """True when the adapter asks for head_init='fit' and its head was neither loaded nor fitted yet."""
+        name = adapter_name or self.active_name()
+        return self.peft_config[name].head_init == "fit" and name not in self.settled_heads
 
     def generate(self, *args, **kwargs):
         raise TypeError("A sequence classification model does not generate text: call it for class logits.")
@@ -150,6 +260,7 @@ class PeftModelForSequenceClassification(PeftModel):
         except RuntimeError as error:
             raise adapters.AdapterError(f"The adapter's classification head does not fit this model's: {error}") from error
         head.requires_grad_(is_trainable)
+        self.settled_heads.add(adapter_name)
 
 
 class AutoPeftModelForSequenceClassification:
@@ -172,6 +283,21 @@ class AutoPeftModelForSequenceClassification:
         return PeftModelForSequenceClassification.from_pretrained(
             base, pretrained_model_name_or_path, adapter_name=adapter_name, is_trainable=is_trainable
         )
+
+
+def classification_loss(config, logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | None:
+    """The loss transformers' sequence classifiers compute from logits [B, K] (config.problem_type, or as they infer it)."""
+    if labels is None:
+        return None
+    problem = config.problem_type
+    if problem is None:
+        problem = ("regression" if config.num_labels == 1 else
+                   "single_label_classification" if labels.dtype in (torch.long, torch.int) else "multi_label_classification")
+    if problem == "regression":
+        return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype)) if config.num_labels == 1 else F.mse_loss(logits, labels.to(logits.dtype))
+    if problem == "single_label_classification":
+        return F.cross_entropy(logits.view(-1, config.num_labels), labels.view(-1))
+    return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
 
 
 def head_labels(location) -> int | None:

@@ -61,7 +61,7 @@ class SequenceClassification:
     task_type = "SEQ_CLS"
 
     def __init__(self, examples: list[Example] | None = None):
-        pass
+        self.examples = examples or []  # the training rows: an adapter with head_init="fit" starts its head from them
 
     def auto_class(self):
         from transformers import AutoModelForSequenceClassification
@@ -84,9 +84,20 @@ class SequenceClassification:
             "labels": torch.tensor([e.label for e in examples]),
         }
 
-    @staticmethod
-    def loss(model, batch: dict) -> torch.Tensor:
+    def loss(self, model, batch: dict) -> torch.Tensor:
+        self.prepare_head(model)
         return model(**batch).loss
+
+    def prepare_head(self, model, batch_size: int = 32) -> None:
+        """Before the first step: fit the head of an adapter with head_init="fit" on the training rows' features
+        (once; a head loaded from a checkpoint or an adapter file is kept)."""
+        plain = getattr(model, "module", model)  # under DistributedDataParallel
+        if not hasattr(plain, "head_needs_fit") or not plain.head_needs_fit() or not self.examples:
+            return
+        pad_id = getattr(getattr(plain.base_model, "config", None), "pad_token_id", None) or 0
+        batches = (self.collate([self.examples[i] for i in rows], pad_id)
+                   for rows in sorted_batches([len(e.prompt_ids) for e in self.examples], batch_size))
+        plain.fit_head_on(batches)
 
     @staticmethod
     def weight(batch: dict) -> torch.Tensor:

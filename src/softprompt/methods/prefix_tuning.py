@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -24,12 +25,24 @@ class PrefixTuningConfig(PromptLearningConfig):
     """Produce the prefixes through a 2-layer MLP (more stable training) instead of a flat table."""
     init_weights: str | None = None
     """None: random start; "zero": the prefixes start at zero (the projection's last layer, or the table)."""
+    encoder_prefix: bool = False
+    """SEQ_2_SEQ_LM only (softprompt's own field): prefix every encoder layer's self-attention too, as Li & Liang
+    did, and give each decoder layer its own slots. The table is then [P, (decoder + encoder layers) * 2 * kv]: a
+    layout PEFT cannot read (it refuses the width). False: PEFT's seq2seq prefix (decoder only, see seq2seq.py)."""
+
+    SOFTPROMPT_FIELDS: ClassVar[dict[str, Any]] = {**PromptLearningConfig.SOFTPROMPT_FIELDS, "encoder_prefix": False}
 
     def __post_init__(self) -> None:
         super().__post_init__()
         positive_int_or_none(self, "encoder_hidden_size")
         if self.init_weights not in (None, "zero"):
             raise ConfigError(f"init_weights must be None or 'zero', got {self.init_weights!r}.")
+        if self.encoder_prefix and self.task_type != "SEQ_2_SEQ_LM":
+            raise ConfigError("encoder_prefix=True is for encoder-decoder models: set task_type='SEQ_2_SEQ_LM', or leave it out.")
+
+    def prefix_layers(self, shape: ModelShape) -> int:
+        """How many layers' key/value slots the table holds."""
+        return shape.num_layers + (shape.encoder_layers if self.encoder_prefix else 0)
 
     def fill_model_fields(self, shape: ModelShape) -> None:
         super().fill_model_fields(shape)
@@ -47,7 +60,7 @@ class PrefixEncoder(nn.Module):
 
     def __init__(self, config: PrefixTuningConfig, shape: ModelShape, base_model: nn.Module):
         super().__init__()
-        width = shape.num_layers * 2 * shape.kv_width
+        width = config.prefix_layers(shape) * 2 * shape.kv_width
         self.transform = None
         if config.prefix_projection:
             hidden = config.encoder_hidden_size or shape.kv_width
