@@ -265,10 +265,10 @@ def test_every_shipped_config_is_valid(path):
     assert config.method_config().num_virtual_tokens >= 1
     if "configs" in path.parts:  # paths are read from the config's folder: the shared data (or the Hub) and ROOT/runs
         config = TrainConfig.from_yaml(path)
-        shared = ROOT.parent / "shared" / "data"
+        shared = (ROOT.parent / "shared" / "data").resolve()  # ../shared may be a link
         for file in [config.train_file, config.eval_file] + [f for t in config.tasks or [] for f in (t.train_file, t.eval_file)]:
             if file is not None and not file.startswith("hf://datasets/ought/raft@refs/convert/parquet/"):
-                assert Path(file).is_relative_to(shared), file
+                assert Path(file).resolve().is_relative_to(shared), file
         assert Path(config.output_dir).parent == ROOT / "runs" / path.parent.name
 
 
