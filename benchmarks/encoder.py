@@ -5,6 +5,8 @@ tweets, scored on the 400 labelled dev tweets.
     .venv/bin/python benchmarks/encoder.py                  # the full run (about 15 min on 2 CPU cores)
     .venv/bin/python benchmarks/encoder.py --quick          # plumbing check: 2 epochs, 64 dev tweets, a short SetFit
     .venv/bin/python benchmarks/encoder.py --table benchmarks/results/encoder.json
+    .venv/bin/python benchmarks/encoder.py --seeds 42 43 44 45 46   # the shipped configs over training seeds
+    .venv/bin/python benchmarks/encoder.py --overhead               # one training step: each wrapper vs the backbone
 
 Every run is its own child process (peak RSS is its own), one at a time. Rows per method (prompt tuning, p-tuning,
 prefix tuning), for each the hyperparameters of configs/twitter_complaints/minilm_<method>.yaml:
@@ -26,7 +28,8 @@ prefix tuning), for each the hyperparameters of configs/twitter_complaints/minil
 - Logistic regression on the frozen encoder's mean-pooled, L2-normalised embeddings (what sentence-transformers'
   encode gives for this model): sklearn's LogisticRegression with default settings, and with balanced class weights
   (sklearn if installed, else the same objective by torch LBFGS).
-Results: benchmarks/results/encoder.json (--quick: encoder_quick.json).
+Results: benchmarks/results/encoder.json (--quick: encoder_quick.json; --seeds: encoder_seeds.json, resumable;
+--overhead: encoder_overhead.json).
 """
 
 from __future__ import annotations
@@ -140,7 +143,7 @@ def same_job(library: str, method: str, batching: str, epochs: int | None, dev_l
                 optimizer.zero_grad()
                 rows += len(batch)
             seconds += time.perf_counter() - started
-    except Exception as error:  # PEFT's prefix tuning on BERT
+    except Exception as error:  # noqa: BLE001 - PEFT's prefix tuning on BERT: recorded as the result
         return {**result, "error": f"{type(error).__name__}: {error}", "peak_rss_mb": peak_rss_mb()}
     model.eval()
     predicted = [0] * len(dev_examples)
@@ -189,14 +192,12 @@ def setfit_child(folder: str, dev_limit: int | None, seed: int, quick: bool) -> 
     train_rows, dev = read_rows("train.csv"), read_rows("dev.csv", dev_limit)
     train_set = Dataset.from_dict({"text": [r["Tweet text"] for r in train_rows], "label": [int(r["Label"]) - 1 for r in train_rows]})
     model = SetFitModel.from_pretrained(folder)
-    import tempfile
-
-    # defaults, but its checkpoints in a temporary folder rather than ./checkpoints
-    args = TrainingArguments(output_dir=tempfile.mkdtemp(prefix="setfit-"), seed=seed, **({"max_steps": 10} if quick else {}))
-    trainer = Trainer(model=model, args=args, train_dataset=train_set)
-    started = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - started
+    with tempfile.TemporaryDirectory(prefix="setfit-") as output_dir:  # defaults, but checkpoints not in ./checkpoints
+        args = TrainingArguments(output_dir=output_dir, seed=seed, **({"max_steps": 10} if quick else {}))
+        trainer = Trainer(model=model, args=args, train_dataset=train_set)
+        started = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - started
     predicted = [int(p) for p in model.predict([r["Tweet text"] for r in dev])]
     import setfit
 
@@ -261,10 +262,68 @@ def torch_logistic_regression(x, y, x_test, balanced: bool) -> list[int]:
     return ((x_test @ w + b) > 0).long().tolist()
 
 
+def overhead_child(seed: int) -> dict:
+    """One training step (forward, backward, AdamW) on one fixed batch (8 rows of 40 tokens, 10 virtual tokens):
+    softprompt's wrapper, PEFT's, and the bare classifier run on embeddings of the same length (the work both
+    must do). Milliseconds per step, best of 3 rounds of 20 steps after 3 warm-up steps."""
+    import peft
+    import torch
+    from softprompt import PromptEncoderConfig, PromptTuningConfig, get_peft_model
+    from softprompt.models import load_base_model
+    from transformers import AutoModelForSequenceClassification
+
+    rows, length, virtual = 8, 40, 10
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1000, 20000, (rows, length), generator=generator)
+    mask, labels = torch.ones_like(ids), torch.randint(0, 2, (rows,), generator=generator)
+
+    def base():
+        torch.manual_seed(seed)
+        return load_base_model("all-minilm-l6-v2", auto_class=AutoModelForSequenceClassification, num_labels=2)
+
+    def wrapper_step(model):
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+
+        def step():
+            model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        return step
+
+    def milliseconds(step) -> float:
+        for _ in range(3):
+            step()
+        best = float("inf")
+        for _ in range(3):
+            started = time.perf_counter()
+            for _ in range(20):
+                step()
+            best = min(best, (time.perf_counter() - started) / 20)
+        return round(best * 1000, 1)
+
+    result = {"rows": rows, "tokens": length, "virtual_tokens": virtual}
+    for method, ours, theirs, extra in (("prompt_tuning", PromptTuningConfig, peft.PromptTuningConfig, {}),
+                                        ("p_tuning", PromptEncoderConfig, peft.PromptEncoderConfig, {"encoder_hidden_size": 128})):
+        softprompt_model = get_peft_model(base(), ours(task_type="SEQ_CLS", num_virtual_tokens=virtual, **extra)).train()
+        peft_model = peft.get_peft_model(base(), theirs(task_type="SEQ_CLS", num_virtual_tokens=virtual, **extra)).train()
+        bare = base().train().requires_grad_(False)
+        embeds = torch.randn(rows, length + virtual, bare.config.hidden_size, requires_grad=True)
+        bare_mask = torch.ones(rows, length + virtual, dtype=torch.long)
+
+        def bare_step(bare=bare, embeds=embeds, bare_mask=bare_mask):
+            bare(inputs_embeds=embeds, attention_mask=bare_mask, labels=labels).loss.backward()
+            embeds.grad = None
+
+        result[method] = {"softprompt_ms": milliseconds(wrapper_step(softprompt_model)), "peft_ms": milliseconds(wrapper_step(peft_model)),
+                          "backbone_ms": milliseconds(bare_step)}
+    result["peak_rss_mb"] = peak_rss_mb()
+    return result
+
+
 # ---- the parent ----------------------------------------------------------------------------------
 def setfit_python() -> str | None:
     for python in (sys.executable, str(SETFIT_VENV)):
-        if Path(python).exists() and subprocess.run([python, "-c", "import setfit"], capture_output=True).returncode == 0:
+        if Path(python).exists() and subprocess.run([python, "-c", "import setfit"], capture_output=True, check=False).returncode == 0:
             return python
     return None
 
@@ -273,7 +332,7 @@ def run_child(python: str, args: list[str], out: Path) -> dict:
     """A child process's result, with the machine's 1-minute load average before and after (other work slows it)."""
     command = [python, __file__, *args, "--worker-out", str(out)]
     load_before = os.getloadavg()[0]
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
     load = {"load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2)}
     if done.returncode != 0 or not out.exists():
         return {"error": f"child failed ({done.returncode}): {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ''}", **load}
@@ -316,13 +375,13 @@ def table(results: dict) -> str:
     setfit = results.get("setfit", {})
     if "macro_f1" in setfit:
         lines.append(f"| - | SetFit {setfit.get('version', '')}, {setfit['arguments']}, training {setfit['train_seconds']:.0f} s | "
-                     f"mean, fitted | | | {setfit['peak_rss_mb']:,.0f} | {setfit['accuracy']:.3f} | {setfit['macro_f1']:.3f} |")
+                     f"mean, logistic regression (encoder fine-tuned) | | | {setfit['peak_rss_mb']:,.0f} | {setfit['accuracy']:.3f} | {setfit['macro_f1']:.3f} |")
     elif setfit:
         lines.append(f"| - | SetFit | | {setfit.get('skipped') or setfit.get('error')} | | | | |")
     probe = results.get("probe", {})
     for name in ("default", "balanced"):
         if name in probe:
-            lines.append(f"| - | frozen mean-pooled embeddings, {probe[name]['how']} | mean, fitted | | | {probe['peak_rss_mb']:,.0f} | "
+            lines.append(f"| - | frozen mean-pooled embeddings, {probe[name]['how']} | mean (normalised), frozen | | | {probe['peak_rss_mb']:,.0f} | "
                          f"{probe[name]['accuracy']:.3f} | {probe[name]['macro_f1']:.3f} |")
     return "\n".join(lines)
 
@@ -348,6 +407,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", default=None)
     parser.add_argument("--skip", nargs="*", default=[], choices=["same", "shipped", "setfit", "probe"])
+    parser.add_argument("--overhead", action="store_true", help="only the per-step timing of the wrappers (results/encoder_overhead.json)")
     parser.add_argument("--seeds", nargs="+", type=int, help="only the shipped configs, once per seed (results/encoder_seeds.json)")
     parser.add_argument("--table", metavar="JSON", help="print the table of a result file and exit")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
@@ -365,6 +425,8 @@ def main() -> int:
             result = same_job(rest[0], rest[1], rest[2], args.epochs, args.dev_limit, args.seed)
         elif kind == "shipped":
             result = shipped_config(rest[0], args.epochs, args.dev_limit, args.seed)
+        elif kind == "overhead":
+            result = overhead_child(args.seed)
         elif kind == "setfit":
             result = setfit_child(rest[0], args.dev_limit, args.seed, args.quick)
         else:
@@ -395,17 +457,28 @@ def main() -> int:
     }
     out = Path(args.out or RESULTS / ("encoder_quick.json" if args.quick else "encoder_seeds.json" if args.seeds else "encoder.json"))
     out.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix="encoder-bench-"))
-    if args.seeds:
-        results["seeds"] = args.seeds
+    scratch_folder = tempfile.TemporaryDirectory(prefix="encoder-bench-")  # removed when the run ends
+    scratch = Path(scratch_folder.name)
+    if args.overhead:
+        results = {**results, "overhead": run_child(sys.executable, ["--worker", "overhead", "--seed", str(args.seed)], scratch / "child.json")}
+        out = Path(args.out or RESULTS / "encoder_overhead.json")
+        out.write_text(json.dumps(results, indent=1))
+        print(json.dumps(results["overhead"], indent=1))
+        return 0
     if args.seeds:  # the spread of the shipped recipes over training seeds (dev figures reported, never chosen by)
+        if out.is_file():  # resume: keep the runs already made
+            results["runs"] = json.loads(out.read_text()).get("runs", {})
         for method in args.methods:
             for seed in args.seeds:
+                if "macro_f1" in results["runs"].get(method, {}).get(str(seed), {}):
+                    continue
                 print(f"{method}: shipped config, seed {seed} ...", flush=True)
                 options = ["--seed", str(seed)] + common[2:]
                 run = run_child(sys.executable, ["--worker", "shipped", method, *options], scratch / "child.json")
                 results["runs"].setdefault(method, {})[str(seed)] = run
                 out.write_text(json.dumps(results, indent=1))
+        results["seeds"] = args.seeds
+        out.write_text(json.dumps(results, indent=1))
         print(seed_table(results))
         return 0
 

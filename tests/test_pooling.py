@@ -209,7 +209,7 @@ def tiny_bert_folder(folder):
 
 
 def test_training_with_mean_pooling_and_a_fitted_head_then_predicting(tmp_path, monkeypatch):
-    from softprompt import Predictor, PeftModelForSequenceClassification
+    from softprompt import PeftModelForSequenceClassification, Predictor
     from softprompt.train import TrainConfig, train
     from test_workflow import run_cli
     from tiny_run import run_config

@@ -198,7 +198,7 @@ class PeftModelForSequenceClassification(PeftModel):
         name = adapter_name or self.active_name()
         head = self.heads[name]
         if not isinstance(head, nn.Linear):
-            raise ValueError(f"fit_head fits a linear head; this one is a {type(head).__name__}.")
+            raise TypeError(f"fit_head fits a linear head; this one is a {type(head).__name__}.")
         features, labels = features.float().cpu(), labels.long().cpu()
         counts = torch.bincount(labels, minlength=head.out_features).float()
         weights = (len(labels) / (counts.clamp(min=1) * (counts > 0).sum()))[labels] if balanced else torch.ones(len(labels))
