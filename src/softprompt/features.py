@@ -13,8 +13,7 @@ from __future__ import annotations
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from .compat import PrefixCall, prefix_attention_context
-from .inject import KVPrefix, Prefix, prepend_prompt, run_with_prefix
+from .inject import run_with_prefix
 from .model import PeftModel
 
 
@@ -47,21 +46,7 @@ class PeftModelForFeatureExtraction(PeftModel):
         name = None if self.adapters_disabled else next(iter(names))
         if name in (None, "__base__"):
             return aligned(base(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs), length)
-        tasks = self.row_tasks(task_ids, [name] * batch)
-        if len(set(tasks)) > 1:
-            raise ValueError("One batch of an encoder takes one task: group the rows by task_ids.")
-        if isinstance(self.injections[name], KVPrefix):  # per-layer keys/values, through the attention hook
-            prefix = Prefix.shared(self.prompt_states(name, task=tasks[0]), batch)
-            with prefix_attention_context(PrefixCall(prefix.layers, prefix.mask)):
-                output = base(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
-            return aligned(output, length)
-        inputs_embeds, attention_mask, token_type_ids = prepend_prompt(
-            self.prompt_table(name, tasks[0]), base.get_input_embeddings(), input_ids, inputs_embeds, attention_mask,
-            kwargs.pop("token_type_ids", None),
-        )
-        if token_type_ids is not None:
-            kwargs["token_type_ids"] = token_type_ids
-        return aligned(base(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs), length)
+        return aligned(self.run_encoder(base, name, task_ids, input_ids, inputs_embeds, attention_mask, **kwargs), length)
 
     def generate(self, *args, **kwargs):
         raise TypeError("A feature extractor does not generate text: call it for hidden states.")

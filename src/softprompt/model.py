@@ -24,6 +24,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from . import adapters
 from .compat import (
+    PrefixCall,
     accepts_position_ids,
     allow_checkpointing_with_cache,
     base_model_adapter_methods,
@@ -33,9 +34,18 @@ from .compat import (
     frozen_prefix_cache,
     fsdp_sharded,
     layer_states,
+    prefix_attention_context,
 )
 from .config import PromptLearningConfig
-from .inject import Prefix, PromptStates, positions_from_mask, probe_shape, run_with_prefix
+from .inject import (
+    KVPrefix,
+    Prefix,
+    PromptStates,
+    positions_from_mask,
+    prepend_prompt,
+    probe_shape,
+    run_with_prefix,
+)
 from .methods import PromptTable, source_class_for
 
 BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in adapter_names
@@ -299,6 +309,26 @@ class PeftModel(nn.Module):
         template = next(iter(states.values())).layers
         return Prefix.per_row([states.get(key) for key in keys], template), None
 
+    def run_encoder(self, run, name: str, task_ids, input_ids, inputs_embeds, attention_mask, **kwargs):
+        """`run` (the base model or its backbone) on a bidirectional encoder's batch with adapter `name`'s prompt,
+        which it sees together with the text: per-layer prefixes through the attention hook (outputs [B, L, ...]),
+        or virtual tokens before the text (outputs [B, P+L, ...]). One task per batch."""
+        batch = (input_ids if input_ids is not None else inputs_embeds).shape[0]
+        tasks = self.row_tasks(task_ids, [name] * batch)
+        if len(set(tasks)) > 1:
+            raise ValueError("One batch of an encoder takes one task: group the rows by task_ids.")
+        if isinstance(self.injections[name], KVPrefix):
+            prefix = Prefix.shared(self.prompt_states(name, task=tasks[0]), batch)
+            with prefix_attention_context(PrefixCall(prefix.layers, prefix.mask)):
+                return run(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+        inputs_embeds, attention_mask, token_type_ids = prepend_prompt(
+            self.prompt_table(name, tasks[0]), self.base_model.get_input_embeddings(), input_ids, inputs_embeds,
+            attention_mask, kwargs.pop("token_type_ids", None),
+        )
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        return run(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+
     # ---- forward and generate --------------------------------------------------------------
     def forward(
         self,
@@ -495,7 +525,7 @@ class PeftModel(nn.Module):
     @classmethod
     def from_pretrained(
         cls, model: nn.Module, model_id: str | os.PathLike, adapter_name: str = "default", is_trainable: bool = False, **hub_kwargs
-    ) -> "PeftModel":
+    ) -> PeftModel:
         """Attach a saved adapter (ours or PEFT's, local folder or hub repo) to `model`; the wrapper class
         follows the adapter's task_type unless a specific one is asked for."""
         task_type = PromptLearningConfig.from_pretrained(model_id, **hub_kwargs).task_type

@@ -30,8 +30,7 @@ from transformers.modeling_outputs import SequenceClassifierOutputWithPast
 
 from . import adapters
 from .config import PromptLearningConfig
-from .compat import PrefixCall, prefix_attention_context
-from .inject import KVPrefix, Prefix, run_with_prefix
+from .inject import run_with_prefix
 from .model import PeftModel
 
 HEAD_NAMES = ("classifier", "score")  # PEFT's modules_to_save for sequence classification
@@ -117,7 +116,7 @@ class PeftModelForSequenceClassification(PeftModel):
                                          position_ids=position_ids, labels=labels, **kwargs)
         elif self.shape.bidirectional:
             with self.head_of(name):
-                output = self.encoder_forward(name, task_ids, batch, input_ids, inputs_embeds, attention_mask, labels, **kwargs)
+                output = self.encoder_forward(name, task_ids, input_ids, inputs_embeds, attention_mask, labels, **kwargs)
         else:
             prefix, _ = self.batch_prefix(batch, adapter_names, task_ids=task_ids)
             with self.head_of(name):
@@ -126,33 +125,17 @@ class PeftModelForSequenceClassification(PeftModel):
                 )
         return SequenceClassifierOutputWithPast(loss=output.loss, logits=output.logits)
 
-    def encoder_forward(self, name, task_ids, batch, input_ids, inputs_embeds, attention_mask, labels, **kwargs):
+    def encoder_forward(self, name, task_ids, input_ids, inputs_embeds, attention_mask, labels, **kwargs):
         """An encoder sees prompt and text together: no part of it runs once for the batch. With pooling="cls" the
         base model pools and classifies (its head is the adapter's); with "mean", its backbone runs and we do."""
         base = self.base_model
-        task = self.row_tasks(task_ids, [name] * batch)
-        if len(set(task)) > 1:
-            raise ValueError("One batch of an encoder takes one task: group the rows by task_ids.")
         given = input_ids if input_ids is not None else inputs_embeds
         if attention_mask is None:
             attention_mask = torch.ones(given.shape[:2], dtype=torch.long, device=given.device)
         text_mask = attention_mask  # [B, L]
         mean = self.peft_config[name].pooling == "mean"
         run = base.base_model if mean else functools.partial(base, labels=labels)  # BertModel, or the whole classifier
-        if isinstance(self.injections[name], KVPrefix):  # per-layer keys/values, through the attention hook
-            prefix = Prefix.shared(self.prompt_states(name, task=task[0]), batch)
-            with prefix_attention_context(PrefixCall(prefix.layers, prefix.mask)):
-                output = run(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
-        else:
-            table = self.prompt_table(name, task[0])  # [P, H], placed before the text
-            if inputs_embeds is None:
-                inputs_embeds = base.get_input_embeddings()(input_ids)  # [B, L, H]
-            virtual = table.shape[0]
-            inputs_embeds = torch.cat([table.to(inputs_embeds.dtype).expand(batch, -1, -1), inputs_embeds], dim=1)
-            attention_mask = torch.cat([attention_mask.new_ones(batch, virtual), attention_mask], dim=1)  # [B, P+L]
-            if kwargs.get("token_type_ids") is not None:
-                kwargs["token_type_ids"] = torch.cat([kwargs["token_type_ids"].new_zeros(batch, virtual), kwargs["token_type_ids"]], dim=1)
-            output = run(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+        output = self.run_encoder(run, name, task_ids, input_ids, inputs_embeds, attention_mask, **kwargs)
         if not mean:
             return output
         pooled, head = self.pool_mean(base, output.last_hidden_state, text_mask), self.heads[name]  # [B, H]
