@@ -169,6 +169,63 @@ def fsdp_sharded(*modules: nn.Module) -> bool:
     return any(isinstance(module, FSDPModule) for module in modules)
 
 
+def fsdp_units_holding(root: nn.Module, modules: list[nn.Module]) -> list[nn.Module]:
+    """The FSDP2 units that hold the parameters of `modules`: each one's nearest unit at or above it and the
+    units inside it, in `root`'s module order (the same on every rank)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    named = list(root.named_modules(remove_duplicate=False))  # a head may sit in two places
+    units = {name: module for name, module in named if isinstance(module, FSDPModule)}
+    wanted = {id(module) for module in modules}
+    chosen = set()
+    for name, module in named:
+        if id(module) not in wanted:
+            continue
+        above = [unit for unit in units if unit == "" or name == unit or name.startswith(unit + ".")]
+        chosen.update([max(above, key=len)] if above else [])
+        chosen.update(unit for unit in units if name == "" or unit.startswith(name + "."))
+    return [module for name, module in units.items() if name in chosen]
+
+
+@contextlib.contextmanager
+def fsdp_gathered(root: nn.Module, modules: list[nn.Module]):
+    """Inside the block, the parameters of `modules` are whole tensors even when `root` is sharded with FSDP2
+    (outside a forward they are DTensor shards). The all-gathers are collectives: every rank enters. What is
+    written to the gathered tensors is dropped (FSDP2 keeps the shards): load with `load_whole_state`."""
+    units = fsdp_units_holding(root, modules) if fsdp_sharded(*root.modules()) else []
+    for unit in units:
+        unit.unshard()
+    try:
+        yield
+    finally:
+        for unit in units:
+            unit.reshard()
+
+
+def current_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """`module.state_dict()` read from the tensors the module holds now: inside `fsdp_gathered` the whole ones
+    (FSDP2's state_dict hooks would hand back the rank's shards)."""
+    state = dict(module.named_parameters(remove_duplicate=False))  # (state_dict() itself crashes while gathered)
+    for prefix, sub in module.named_modules():
+        for name, buffer in sub.named_buffers(recurse=False):
+            if name not in sub._non_persistent_buffers_set:
+                state[f"{prefix}.{name}" if prefix else name] = buffer
+    return {key: tensor.detach().clone() for key, tensor in state.items()}
+
+
+def load_whole_state(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """`module.load_state_dict(state)` for whole tensors, also where the module's parameters are FSDP2 shards:
+    each value is cut into the rank's shard first (a collective: every rank loads the same state)."""
+    current = module.state_dict()
+    for key, value in state.items():
+        target = current.get(key)
+        if hasattr(target, "device_mesh") and value.shape == target.shape:  # a DTensor of the same global shape
+            from torch.distributed.tensor import distribute_tensor
+
+            state = {**state, key: distribute_tensor(value.to(target.dtype), target.device_mesh, target.placements)}
+    module.load_state_dict(state)
+
+
 # ---- key/value prefixes for models that keep no cache (bidirectional encoders) ----------------
 # transformers 5's attention interface: a registered attention function that every layer calls. Ours adds
 # the active prefix's keys/values (and mask columns) for the layer, then runs the model's own attention.

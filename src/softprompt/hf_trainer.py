@@ -14,8 +14,11 @@ of changing `state_dict()` for every caller, so `softprompt.Trainer` overrides i
   checkpoint's adapters are copied into the model's adapters of the same names, in place, so the
   optimizer keeps holding the same parameters.
 
-Trainer-driven FSDP (accelerate's fsdp_config) is not covered: its saves hand over a gathered state_dict, and
-the prompt's parameters are sharded. Shard by hand instead (the wrapper as fully_shard root, tests/test_fsdp.py).
+Under FSDP (`accelerate launch` with an FSDP2 config) accelerate shards the wrapper as its root unit. The
+adapters' parameters are then DTensor shards outside a forward: `save_model` gathers just the units that
+hold them (every rank takes part, the main one writes the same adapter files), the checkpoint holds the
+optimizer's sharded state but not the base model (transformers would save the whole model there too), and
+restoring cuts the saved tensors back into each rank's shards.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import torch
 import transformers
 
 from . import adapters
+from .compat import fsdp_gathered, load_whole_state
 from .config import CONFIG_NAME
 from .model import PeftModel, PeftModelForCausalLM
 
@@ -71,7 +75,7 @@ def restore_adapters(model: PeftModel, folder) -> list[str]:
             )
         source = model.prompt_encoder[name]
         try:
-            source.load_state_dict(state)  # copies into the same parameters
+            load_whole_state(source, state)  # copies into the same parameters (or their FSDP shards)
         except RuntimeError as error:
             raise adapters.AdapterError(f"The adapter {name!r} in {path} does not fit the loaded one: {error}") from error
         trainable = any(p.requires_grad for p in source.parameters())
@@ -100,6 +104,26 @@ class AdapterCheckpointsMixin:
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        if not self.is_fsdp_enabled:
+            return super().save_model(output_dir, _internal_call)
+        model = self.peft_model()
+        modules = [module for name in model.peft_config for module in model.adapter_modules(name)]
+        with fsdp_gathered(model, modules):  # every rank gathers; the main process writes
+            self._save(output_dir)
+        if self.args.push_to_hub and not _internal_call:
+            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        if not self.is_fsdp_enabled:
+            return super()._save_optimizer_and_scheduler(output_dir)
+        from accelerate.utils import save_fsdp_optimizer
+
+        # transformers' FSDP branch also saves the whole model's shards: the adapters are already there
+        save_fsdp_optimizer(self.accelerator.state.fsdp_plugin, self.accelerator, self.optimizer, self.model, output_dir)
+        if self.args.should_save:
+            torch.save(self.lr_scheduler.state_dict(), os.path.join(output_dir, transformers.trainer.SCHEDULER_NAME))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         model = self.peft_model()

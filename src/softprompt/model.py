@@ -29,6 +29,7 @@ from .compat import (
     allow_checkpointing_with_cache,
     base_model_adapter_methods,
     cache_argument,
+    current_state,
     enable_checkpointing,
     filled_cache,
     frozen_prefix_cache,
@@ -139,6 +140,10 @@ class PeftModel(nn.Module):
 
     def take_adapter_tensors(self, adapter_name: str, tensors: dict, is_trainable: bool) -> None:
         """A wrapper with parts of its own in the adapter file (a classification head) takes them here."""
+
+    def adapter_modules(self, adapter_name: str) -> list[nn.Module]:
+        """The modules whose parameters an adapter's files hold."""
+        return [self.prompt_encoder[adapter_name]]
 
     def extra_adapter_tensors(self, adapter_name: str) -> dict[str, torch.Tensor]:
         """What such a wrapper adds to the adapter file, in PEFT's names."""
@@ -518,7 +523,7 @@ class PeftModel(nn.Module):
         tensors.update(self.extra_adapter_tensors(name))
         adapters.save_tensors(tensors, Path(folder) / adapters.WEIGHTS_NAME)
         if include_prompt_source:
-            adapters.save_tensors(dict(self.prompt_encoder[name].state_dict()), Path(folder) / adapters.SOURCE_NAME)
+            adapters.save_tensors(current_state(self.prompt_encoder[name]), Path(folder) / adapters.SOURCE_NAME)
         saved = dataclasses.replace(self.peft_config[name], inference_mode=True)  # the file holds the collapsed table
         saved.save_pretrained(folder)
 

@@ -29,6 +29,7 @@ from torch.nn import functional as F
 from transformers.modeling_outputs import SequenceClassifierOutputWithPast
 
 from . import adapters
+from .compat import current_state, load_whole_state
 from .config import PromptLearningConfig
 from .inject import run_with_prefix
 from .model import PeftModel
@@ -225,8 +226,11 @@ class PeftModelForSequenceClassification(PeftModel):
         raise TypeError("A sequence classification model scores classes with its head: call it for class logits.")
 
     # ---- the head in the adapter file (PEFT's modules_to_save names) -----------------------------
+    def adapter_modules(self, adapter_name: str) -> list[nn.Module]:
+        return [*super().adapter_modules(adapter_name), self.heads[adapter_name]]
+
     def extra_adapter_tensors(self, adapter_name: str) -> dict[str, torch.Tensor]:
-        return {f"{HEAD_PREFIX}{self.head_name}.{key}": value.float() for key, value in self.heads[adapter_name].state_dict().items()}
+        return {f"{HEAD_PREFIX}{self.head_name}.{key}": value.float() for key, value in current_state(self.heads[adapter_name]).items()}
 
     def take_adapter_tensors(self, adapter_name: str, tensors: dict, is_trainable: bool) -> None:
         prefix = f"{HEAD_PREFIX}{self.head_name}."
@@ -239,7 +243,7 @@ class PeftModelForSequenceClassification(PeftModel):
             )
         current = head.state_dict()
         try:
-            head.load_state_dict({k: v.to(current[k].dtype) if k in current else v for k, v in state.items()})
+            load_whole_state(head, {k: v.to(current[k].dtype) if k in current else v for k, v in state.items()})
         except RuntimeError as error:
             raise adapters.AdapterError(f"The adapter's classification head does not fit this model's: {error}") from error
         head.requires_grad_(is_trainable)
