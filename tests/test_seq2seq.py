@@ -1,6 +1,8 @@
 """Encoder-decoder models (T5, BART), task_type SEQ_2_SEQ_LM: padding, batching, generation == step-by-step
 forward, checkpointing, mixed adapters, PEFT files and logits both ways, and what PEFT gets wrong."""
 
+import dataclasses
+
 import peft
 import pytest
 import torch
@@ -45,9 +47,12 @@ METHODS = {
     "prefix_projection": lambda: PrefixTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=3, prefix_projection=True, encoder_hidden_size=16),
     # Li & Liang's placement: encoder and decoder (softprompt's own layout; PEFT cannot read it)
     "encoder_prefix": lambda: PrefixTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=4, encoder_prefix=True),
+    # a prompt before the encoder's input and one before the decoder's (PEFT's table of 2P rows)
+    "multitask": lambda: MultitaskPromptTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=4, num_tasks=1, num_ranks=2),
 }
 CASES = [(arch, method) for arch in MODELS for method in METHODS]
-PEFT_CASES = [(arch, method) for arch, method in CASES if method != "encoder_prefix"]
+# PEFT's multitask forward needs labels and returns the decoder prompt's positions too: compared on its own below
+PEFT_CASES = [(arch, method) for arch, method in CASES if method not in ("encoder_prefix", "multitask")]
 
 
 def base_model(arch, seed=0):
@@ -274,8 +279,6 @@ def test_clear_errors_for_the_wrong_task_type():
         get_peft_model(base_model("t5"), PromptTuningConfig(num_virtual_tokens=4))  # CAUSAL_LM on T5
     with pytest.raises(ValueError, match="encoder-decoder"):
         get_peft_model(tiny_model("llama_gqa"), PromptTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=4))
-    with pytest.raises(ConfigError, match="encoder-decoder"):
-        MultitaskPromptTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=4, num_tasks=2)
     model = wrapped("t5", "prompt_tuning")
     with pytest.raises(TypeError, match="not available yet"):
         model.score_continuations(torch.tensor([[5, 6]]), [[[7]]])
@@ -313,3 +316,66 @@ def test_encoder_prefix_layout_and_errors(tmp_path):
     assert "encoder_prefix" not in (tmp_path / "plain" / "adapter_config.json").read_text()  # PEFT's JSON exactly
     with pytest.raises(ConfigError, match="SEQ_2_SEQ_LM"):
         PrefixTuningConfig(num_virtual_tokens=4, encoder_prefix=True)
+
+
+# ---- multitask prompt tuning: a prompt for the encoder and one for the decoder, per task ---------------------
+def peft_multitask(arch, tmp_path, seed=3):
+    """PEFT's multitask model with a random prompt, saved to tmp_path, and ours read from that folder."""
+    torch.manual_seed(seed)
+    config = dataclasses.replace(METHODS["multitask"](), num_tasks=3)
+    peft_config = peft.MultitaskPromptTuningConfig(**{k: v for k, v in config.to_dict().items() if v is not None})
+    theirs = peft.get_peft_model(base_model(arch), peft_config).eval()
+    with torch.no_grad():
+        for p in theirs.prompt_encoder.parameters():
+            p.normal_(0, 1)
+    theirs.save_pretrained(tmp_path)
+    return theirs, PeftModel.from_pretrained(base_model(arch), tmp_path).eval()
+
+
+@pytest.mark.parametrize("arch", MODELS)
+def test_multitask_equals_peft_forward_on_the_real_positions_both_ways(arch, tmp_path):
+    """PEFT's forward puts rows P..2P of the task's table before the decoder's input (labels shifted right), with
+    P -100 labels: its logits are [B, P+T, V]. Ours are its last T positions, with the same loss."""
+    theirs, ours = peft_multitask(arch, tmp_path / "peft")
+    ids, mask, _ = right_padded((5, 3))
+    labels, _, _ = labels_for((3, 3))
+    task_ids = torch.tensor([2, 0])
+    with torch.no_grad():
+        peft_out = theirs(input_ids=ids, attention_mask=mask, labels=labels, task_ids=task_ids)
+        out = ours(input_ids=ids, attention_mask=mask, labels=labels, task_ids=task_ids)
+        assert peft_out.logits.shape[1] == labels.shape[1] + 4
+        torch.testing.assert_close(out.logits, peft_out.logits[:, 4:], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out.loss, peft_out.loss, atol=1e-5, rtol=1e-5)
+        other = ours(input_ids=ids, attention_mask=mask, labels=labels, task_ids=torch.tensor([1, 1])).logits
+        assert (other - out.logits).abs().max() > 1e-3  # the tasks' prompts differ
+    ours.save_pretrained(tmp_path / "ours")  # and PEFT reads ours
+    again = peft.PeftModel.from_pretrained(base_model(arch), tmp_path / "ours").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(input_ids=ids, attention_mask=mask, labels=labels, task_ids=task_ids).logits,
+                                   peft_out.logits, atol=1e-5, rtol=1e-5)
+    shapes = {k: tuple(v.shape) for k, v in load_file(tmp_path / "ours" / "adapter_model.safetensors").items()}
+    width = base_model(arch).config.d_model
+    assert shapes == {"prompt_embeddings": (8, width), "prefix_task_cols": (3, 8, 2), "prefix_task_rows": (3, 2, width)}
+
+
+@pytest.mark.parametrize("arch", MODELS)
+def test_multitask_generation_follows_each_row_task_and_peft_drops_the_decoder_prompt(arch, tmp_path):
+    theirs, ours = peft_multitask(arch, tmp_path)
+    ids, mask, rows = right_padded((6, 4, 5))
+    task_ids = torch.tensor([1, 0, 2])
+    settings = {"max_new_tokens": 5, "do_sample": False}
+    with torch.no_grad():
+        mixed = ours.generate(input_ids=ids, attention_mask=mask, task_ids=task_ids, **settings)
+        start = ours.base_model.config.decoder_start_token_id
+        for i, (row, task) in enumerate(zip(rows, task_ids.tolist())):
+            decoder = torch.tensor([[start]])  # greedy decoding through forward, one row alone
+            for _ in range(5):
+                logits = ours(input_ids=row[None], decoder_input_ids=decoder, task_ids=[task]).logits[:, -1]
+                decoder = torch.cat([decoder, logits.argmax(-1, keepdim=True)], dim=1)
+            assert torch.equal(mixed[i, : decoder.shape[1]], decoder[0]), (i, mixed[i], decoder[0])
+        beams = ours.generate(input_ids=ids, attention_mask=mask, task_ids=task_ids, num_beams=3, num_return_sequences=2, max_new_tokens=4)
+        assert beams.shape[0] == 6
+        # PEFT's generate prompts the encoder only: what it generates is what its forward scores without the
+        # decoder prompt, and differs from its own forward's greedy choice here
+        peft_generated = theirs.generate(input_ids=ids, attention_mask=mask, task_ids=task_ids, **settings)
+    assert not torch.equal(peft_generated[:, : mixed.shape[1]], mixed)

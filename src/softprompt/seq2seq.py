@@ -3,6 +3,10 @@
 - Prompt tuning and p-tuning (`EncoderTokens`): the virtual tokens come before the encoder's input, as PEFT places
   them. PEFT's adapter file holds a second block of P rows, for a decoder prompt these methods never read: we
   write zeros there and read the first P rows.
+- Multitask prompt tuning: its table has those 2P rows for real, and (as in PEFT's forward) the second block comes
+  before the decoder's input; logits and loss cover the decoder's real positions only ([B, T, V]; PEFT returns
+  [B, P+T, V]). PEFT's `generate` leaves that decoder prompt out, so it generates from another model than the one
+  it trained; ours runs the decoder over it first and generates what `forward` scores.
 - Prefix tuning (`DecoderPrefix`): key/value prefixes for the decoder's self-attention, meaning what PEFT 0.21
   means (checked against its forward): PEFT views the table [P, L*2*kv] as 2L slots, repeats them and hands
   decoder layer i the (keys, values) at slots 4i and 4i+1 of the repetition (counted mod 2L). So on an L-layer
@@ -38,13 +42,19 @@ from .model import PeftModel
 
 
 class EncoderTokens(EmbeddingPrefix):
-    """Virtual token embeddings [P, hidden] placed before the encoder's input."""
+    """Virtual token embeddings [P, hidden] placed before the encoder's input; a table of 2P rows (multitask
+    prompt tuning) places its second block before the decoder's input."""
 
     def encoder_inputs(self, wrapper, name, task, input_ids, inputs_embeds, attention_mask):
         """-> (input_ids, inputs_embeds, attention_mask) for the encoder: the prompt's rows before each row's text."""
-        table = wrapper.prompt_table(name, task)  # [P, H]
+        table = wrapper.prompt_table(name, task)[: self.config.num_virtual_tokens]  # [P, H]
         embeds, mask, _ = prepend_prompt(table, wrapper.base_model.get_input_embeddings(), input_ids, inputs_embeds, attention_mask)
         return None, embeds, mask  # [B, P+L, H], [B, P+L]
+
+    def decoder_tokens(self, wrapper, name, task) -> torch.Tensor | None:
+        """The decoder's virtual token embeddings [P, H], or None."""
+        table = wrapper.prompt_table(name, task)
+        return table[self.config.num_virtual_tokens :] if table.shape[0] > self.config.num_virtual_tokens else None
 
     def decoder_prefix(self, wrapper, name, task, batch) -> Prefix | None:
         return None
@@ -87,6 +97,9 @@ class DecoderPrefix(KVPrefix):
 
     def encoder_inputs(self, wrapper, name, task, input_ids, inputs_embeds, attention_mask):
         return input_ids, inputs_embeds, attention_mask
+
+    def decoder_tokens(self, wrapper, name, task) -> None:
+        return None
 
     def decoder_prefix(self, wrapper, name, task, batch) -> Prefix:
         prefix = Prefix.shared(wrapper.prompt_states(name, task=task), batch)
@@ -182,6 +195,10 @@ class PeftModelForSeq2SeqLM(PeftModel):
         inputs = {**inputs, "input_ids": input_ids, "inputs_embeds": inputs_embeds, "attention_mask": attention_mask}
         batch = (input_ids if input_ids is not None else inputs_embeds).shape[0]
         inputs.update(self.encoded(injection, name, task, batch, inputs))
+        tokens = injection.decoder_tokens(self, name, task)
+        if tokens is not None:  # [P, H] before the decoder's input; its P positions are dropped from the logits
+            output = base(**self.decoder_prompted(tokens, inputs), use_cache=False, **kwargs)
+            return Seq2SeqLMOutput(loss=output.loss, logits=output.logits[:, tokens.shape[0] :])
         prefix = injection.decoder_prefix(self, name, task, batch)
         extra = {}
         if prefix is not None:
@@ -191,6 +208,24 @@ class PeftModelForSeq2SeqLM(PeftModel):
                     [prefix.mask.to(inputs["decoder_attention_mask"].dtype), inputs["decoder_attention_mask"]], dim=1
                 )  # [B, P+T]
         return base(**inputs, use_cache=False, **extra, **kwargs)
+
+    def decoder_prompted(self, tokens: torch.Tensor, inputs: dict) -> dict:
+        """The base model's inputs with `tokens` [P, H] before the decoder's input embeddings (the input is `labels`
+        shifted right when not given, as the base model does); P more mask ones, P more -100 labels."""
+        ids, embeds, labels, mask = (inputs[key] for key in ("decoder_input_ids", "decoder_inputs_embeds", "labels", "decoder_attention_mask"))
+        if ids is None and embeds is None:
+            if labels is None:
+                raise ValueError("Pass decoder_input_ids, decoder_inputs_embeds or labels.")
+            ids = self.base_model.prepare_decoder_input_ids_from_labels(labels=labels)
+        if embeds is None:
+            embeds = self.base_model.get_input_embeddings()(ids)  # [B, T, H]
+        batch, virtual = embeds.shape[0], tokens.shape[0]
+        embeds = torch.cat([tokens.to(embeds.dtype).expand(batch, -1, -1), embeds], dim=1)  # [B, P+T, H]
+        if mask is not None:
+            mask = torch.cat([mask.new_ones(batch, virtual), mask], dim=1)
+        if labels is not None:
+            labels = torch.cat([labels.new_full((batch, virtual), -100), labels], dim=1)
+        return {**inputs, "decoder_input_ids": None, "decoder_inputs_embeds": embeds, "decoder_attention_mask": mask, "labels": labels}
 
     def encoded(self, injection, name, task, batch, inputs: dict) -> dict:
         """With an encoder prefix, the encoder runs here under it: -> the base model's encoder_outputs in place of
@@ -243,10 +278,22 @@ class PeftModelForSeq2SeqLM(PeftModel):
         settings = kwargs.get("generation_config") or base.generation_config
         expand = max(kwargs.get("num_beams", settings.num_beams) or 1, kwargs.get("num_return_sequences", settings.num_return_sequences) or 1)
         prefix = injection.decoder_prefix(self, name, task, batch * expand)  # rows as generate expands them
-        if prefix is None:  # the prompt is in the encoder's input
+        tokens = injection.decoder_tokens(self, name, task)
+        if prefix is None and tokens is None:  # the prompt is in the encoder's input
             return base.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+        encoder = self.encoded(injection, name, task, batch, {"input_ids": input_ids, "inputs_embeds": inputs_embeds, "attention_mask": attention_mask})
+        if not encoder:
+            encoder["encoder_outputs"] = base.get_encoder()(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask)
+        if tokens is not None:  # the decoder runs over its virtual tokens first (they attend to the encoder)
+            first = base(encoder_outputs=encoder["encoder_outputs"], attention_mask=attention_mask, use_cache=True,
+                         decoder_inputs_embeds=tokens.to(base.dtype).expand(batch, -1, -1))
+            cache, virtual_mask = first.past_key_values, attention_mask.new_ones(batch, tokens.shape[0])
+            if expand > 1:
+                cache.batch_repeat_interleave(expand)
+        else:
+            cache, virtual_mask = filled_decoder_cache(base, prefix.layers), prefix.mask[::expand]
         # The cache stands for P decoder positions that have no ids: placeholders generate will not embed.
-        num_virtual = prefix.length
+        num_virtual = virtual_mask.shape[1]
         start = kwargs.pop("decoder_input_ids", None)
         if start is None:
             first = settings.decoder_start_token_id
@@ -254,18 +301,14 @@ class PeftModelForSeq2SeqLM(PeftModel):
             start = torch.full((batch, 1), first, dtype=torch.long, device=attention_mask.device)
         placeholder = int(start[0, 0])  # generate puts a start token before ids that do not begin with one
         kwargs["decoder_input_ids"] = torch.cat([start.new_full((batch, num_virtual), placeholder), start], dim=1)
-        kwargs["decoder_attention_mask"] = torch.cat([prefix.mask[::expand], torch.ones_like(start)], dim=1)  # [B, P+T]
+        kwargs["decoder_attention_mask"] = torch.cat([virtual_mask.to(start.dtype), torch.ones_like(start)], dim=1)  # [B, P+T]
         for length_key in ("max_length", "min_length"):
             if kwargs.get(length_key) is not None:
                 kwargs[length_key] += num_virtual
         if kwargs.get("max_length") is None and kwargs.get("max_new_tokens") is None and settings.max_new_tokens is None:
             kwargs["max_length"] = settings.max_length + num_virtual
-        kwargs[cache_argument(base)] = filled_decoder_cache(base, prefix.layers)
-        encoder = self.encoded(injection, name, task, batch, {"input_ids": input_ids, "inputs_embeds": None, "attention_mask": attention_mask})
-        if encoder:
-            output = base.generate(encoder_outputs=encoder["encoder_outputs"], attention_mask=attention_mask, **kwargs)
-        else:
-            output = base.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        kwargs[cache_argument(base)] = cache
+        output = base.generate(encoder_outputs=encoder["encoder_outputs"], attention_mask=attention_mask, **kwargs)
         if isinstance(output, torch.Tensor):
             return output[:, num_virtual:]
         output.sequences = output.sequences[:, num_virtual:]

@@ -52,9 +52,6 @@ class MultitaskPromptTuningConfig(PromptTuningConfig):
         enum_choice(self, "prompt_tuning_init", MultitaskPromptTuningInit)
         positive_int_or_none(self, "num_ranks")
         positive_int_or_none(self, "num_tasks")
-        if self.task_type == "SEQ_2_SEQ_LM":  # PEFT prompts the decoder too there; not built yet
-            raise ConfigError("Multitask prompt tuning of encoder-decoder models is not supported yet: use task_type='CAUSAL_LM', "
-                              "or prompt tuning for SEQ_2_SEQ_LM.")
         if self.prompt_tuning_init == "TEXT" and not (self.prompt_tuning_init_text or "").strip():
             raise ConfigError("prompt_tuning_init='TEXT' needs prompt_tuning_init_text, e.g. 'Classify the tweet:'.")
         if self.prompt_tuning_init in SOURCE_INITS and not self.prompt_tuning_init_state_dict_path:
@@ -65,11 +62,14 @@ class MultitaskPromptTuningConfig(PromptTuningConfig):
 
 
 class MultitaskPromptEmbedding(PromptEmbedding):
-    """shared [P, H], prefix_task_cols [T, P, r], prefix_task_rows [T, r, H] -> task t's table [P, H]."""
+    """shared [P, H], prefix_task_cols [T, P, r], prefix_task_rows [T, r, H] -> task t's table [P, H]
+    (P = 2 * num_virtual_tokens on an encoder-decoder: the encoder's rows, then the decoder's)."""
 
     def __init__(self, config: MultitaskPromptTuningConfig, shape: ModelShape, base_model: nn.Module):
-        super().__init__(config, shape, base_model)  # the shared table: TEXT or RANDOM as prompt tuning
-        tasks, ranks, virtual = config.num_tasks or 1, config.num_ranks or 1, config.num_virtual_tokens
+        # On an encoder-decoder, PEFT's table has 2P rows: P before the encoder's input, P before the decoder's.
+        virtual = config.num_virtual_tokens * (2 if shape.encoder_decoder else 1)
+        super().__init__(config, shape, base_model, virtual)  # the shared table: TEXT or RANDOM as prompt tuning
+        tasks, ranks = config.num_tasks or 1, config.num_ranks or 1
         self.prefix_task_cols = nn.Parameter(torch.normal(0.0, 0.02, size=(tasks, virtual, ranks)))
         self.prefix_task_rows = nn.Parameter(torch.normal(0.0, 0.02, size=(tasks, ranks, shape.hidden_size)))
         if base_model is not None and config.prompt_tuning_init in SOURCE_INITS:

@@ -54,9 +54,9 @@ class PromptEmbedding(nn.Module):
 
     injection = EmbeddingPrefix
 
-    def __init__(self, config: PromptTuningConfig, shape: ModelShape, base_model: nn.Module):
+    def __init__(self, config: PromptTuningConfig, shape: ModelShape, base_model: nn.Module, num_virtual: int | None = None):
         super().__init__()
-        num_virtual = config.num_virtual_tokens
+        num_virtual = num_virtual or config.num_virtual_tokens  # rows of the table
         self.embedding = nn.Embedding(num_virtual, shape.hidden_size)
         if base_model is None:  # weights will be loaded from a checkpoint
             return
