@@ -1,24 +1,26 @@
-"""Dev-set quality of the shipped twitter_complaints configs and of PEFT LoRA, over seeds, with their ensembles.
+"""Dev-set quality of the shipped configs of a RAFT task and of PEFT LoRA, over seeds, with their ensembles.
 
-    .venv/bin/python benchmarks/quality.py                        # 3 prompt methods + LoRA x 5 seeds (~1 h on 2 free cores)
+    .venv/bin/python benchmarks/quality.py                        # twitter_complaints: 3 prompt methods + LoRA x 5 seeds (~1 h)
+    .venv/bin/python benchmarks/quality.py --task tweet_eval_hate --methods prompt_tuning lora
     .venv/bin/python benchmarks/quality.py --quick                # seed 42 only (reuses whatever is cached)
-    .venv/bin/python benchmarks/quality.py --methods prompt_tuning lora --seeds 42 43 44 45 46
     .venv/bin/python benchmarks/quality.py --table benchmarks/results/quality.json
 
-Each prompt run is `softprompt train --config configs/twitter_complaints/METHOD.yaml --seed S --eval_file null`
-(dev.csv is never seen in training), then label scoring of the 400 labelled dev tweets with the saved
-adapter. `lora` is PEFT 0.21.2's LoRA (r=8 on q/k/v/o, alpha 8, no dropout; lr 1e-3, 10 epochs) trained in
-a copy of softprompt's loop (same AdamW, linear schedule, clipping, seeded balanced epochs and batches,
-template, " yes"/" no" labels, loss on the label tokens) and scored the same way (summed label+EOS
-log-likelihood, softmax over the classes): the only difference is the adapter.
+Tasks (data read from ../shared/data): twitter_complaints (dev: 400 labelled test tweets), tweet_eval_hate (dev:
+400 test tweets with their TweetEval labels), banking77 (dev: a fixed sample of 400 of RAFT's 5000 gold-labelled
+test queries, 77 intents). Each prompt run is `softprompt train --config configs/TASK/METHOD.yaml --seed S
+--eval_file null` on RAFT's 50 training rows (dev is never seen in training), then label scoring of the dev rows
+with the saved adapter. `lora` is PEFT 0.21.2's LoRA (r=8 on q/k/v/o, alpha 8, no dropout; lr 1e-3, 10 epochs)
+trained in a copy of softprompt's loop (same AdamW, linear schedule, clipping, seeded balanced epochs and
+batches, the task's template and verbalizer, loss on the label tokens) and scored the same way (summed
+label+EOS log-likelihood, softmax over the classes): the only difference is the adapter.
 
 Every method is shown twice: plain label scoring, and "+ prior" (softprompt.calibration): each class
 probability divided by the model's mean class probability on unlabelled inputs, then renormalised. The
-prior is estimated on the 400 dev tweets' texts, without their labels (dev is a sample of RAFT's
-unlabelled test set, which RAFT allows as unlabelled data); `--unlabelled N` also scores N other test
-tweets per run and records that prior too. The ensemble averages the (calibrated) class probabilities of
-a method's seeds, as `softprompt eval ADAPTER --ensemble ADAPTER ...` does. Runs already in the results
-file are reused (delete one to redo it).
+prior is estimated on the dev texts, without their labels (dev is a sample of RAFT's unlabelled test set,
+which RAFT allows as unlabelled data); `--unlabelled N` also scores N other test texts per run and records
+that prior too. The ensemble averages the (calibrated) class probabilities of a method's seeds, as
+`softprompt eval ADAPTER --ensemble ADAPTER ...` does. Runs already in the results file are reused (delete
+one to redo it).
 """
 
 from __future__ import annotations
@@ -30,24 +32,67 @@ import math
 import random
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "twitter_complaints"
-DEV = DATA / "dev.csv"
+SHARED = ROOT.parent / "shared" / "data"
 PROMPT_METHODS = ["prompt_tuning", "p_tuning", "prefix_tuning"]
 METHODS = PROMPT_METHODS + ["lora"]
 LORA = {"r": 8, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"], "lr": 1e-3, "epochs": 10}
 
 
-def unlabelled_texts(count: int) -> list[str]:
-    """`count` RAFT test tweets (unlabelled) that are not in dev.csv, the same for every run."""
+@dataclass(frozen=True)
+class Task:
+    name: str  # configs/NAME/METHOD.yaml
+    train: Path  # RAFT's 50 labelled rows
+    dev: Path  # labelled test rows, never trained on
+    unlabelled: Path  # RAFT's unlabelled test rows
+    dev_sample: int | None = None  # score a fixed random sample of dev this large (None: all of it)
+
+    def config(self, method: str) -> Path:
+        return ROOT / "configs" / self.name / f"{method}.yaml"
+
+    def results(self) -> Path:
+        suffix = "" if self.name == "twitter_complaints" else f"_{self.name}"
+        return ROOT / "benchmarks" / "results" / f"quality{suffix}.json"
+
+
+TASKS = {
+    "twitter_complaints": Task("twitter_complaints", SHARED / "twitter_complaints" / "train.csv",
+                               SHARED / "twitter_complaints" / "dev.csv", SHARED / "twitter_complaints" / "test.csv"),
+    "tweet_eval_hate": Task("tweet_eval_hate", SHARED / "tweet_eval_hate" / "raft_train.csv",
+                            SHARED / "tweet_eval_hate" / "dev.csv", SHARED / "tweet_eval_hate" / "raft_test.csv"),
+    "banking77": Task("banking77", SHARED / "banking77" / "raft_train.csv", SHARED / "banking77" / "raft_test_gold.csv",
+                      SHARED / "banking77" / "raft_test.csv", dev_sample=400),
+}
+TWITTER = TASKS["twitter_complaints"]
+
+
+def task_settings(task: Task) -> tuple[str, str, list[str]]:
+    """(text column, label column, label names) of the task's shipped config."""
+    from softprompt.train import TrainConfig
+
+    config = TrainConfig.from_yaml(task.config("prompt_tuning"), {})
+    return config.task.text_columns[0], config.task.label_column, config.task.label_names
+
+
+def dev_rows(task: Task) -> list[dict]:
     from softprompt.data import load_table
 
-    dev = {r["Tweet text"] for r in load_table(str(DEV)).rows}
-    texts = [r["Tweet text"] for r in load_table(str(DATA / "test.csv")).rows if r["Tweet text"] not in dev]
+    rows = load_table(str(task.dev)).rows
+    return random.Random(0).sample(rows, task.dev_sample) if task.dev_sample else rows
+
+
+def unlabelled_texts(task: Task, count: int) -> list[str]:
+    """`count` unlabelled test texts of the task that are not in its dev rows, the same for every run."""
+    from softprompt.data import load_table
+
+    column = task_settings(task)[0]
+    dev = {r[column] for r in load_table(str(task.dev)).rows}
+    texts = [r[column] for r in load_table(str(task.unlabelled)).rows if r[column] not in dev]
     return random.Random(0).sample(texts, count) if count else []
 
 
@@ -55,25 +100,24 @@ def rounded(log_probs: torch.Tensor) -> list[list[float]]:
     return [[round(v, 5) for v in row] for row in log_probs.log_softmax(-1).tolist()]
 
 
-def train_and_score(method: str, seed: int, overrides: dict, runs: Path, unlabelled: list[str]) -> dict:
+def train_and_score(method: str, seed: int, overrides: dict, runs: Path, unlabelled: list[str] = (), task: Task = TWITTER) -> dict:
     from softprompt import Predictor
-    from softprompt.data import load_table
     from softprompt.train import TrainConfig, train
 
     output_dir = runs / f"{method}-seed{seed}"
-    settings = {"seed": seed, "train_file": str(DATA / "train.csv"), "eval_file": None, "output_dir": str(output_dir), "progress": False,
+    settings = {"seed": seed, "train_file": str(task.train), "eval_file": None, "output_dir": str(output_dir), "progress": False,
                 "calibration": None, **overrides}
-    config = TrainConfig.from_yaml(ROOT / "configs" / "twitter_complaints" / f"{method}.yaml", settings)
+    config = TrainConfig.from_yaml(task.config(method), settings)
     started = time.time()
     train(config)
     seconds = time.time() - started
     predictor = Predictor.from_pretrained(str(output_dir / "adapter"), device="cpu")
     encoder = predictor.task()
-    scores = torch.stack(predictor.scores(load_table(str(DEV)).rows))  # [400, classes] label log-likelihoods
+    scores = torch.stack(predictor.scores(dev_rows(task)))  # [dev rows, classes] label log-likelihoods
     run = {"method": method, "seed": seed, "train_seconds": round(seconds, 1), "class_names": encoder.class_names,
            "log_probs": rounded(scores)}
     if unlabelled:
-        run["unlabelled_log_probs"] = rounded(torch.stack(predictor.scores(unlabelled)))
+        run["unlabelled_log_probs"] = rounded(torch.stack(predictor.scores(list(unlabelled))))
     return run
 
 
@@ -110,18 +154,18 @@ def lm_label_scores(model, encoder, examples, batch_size: int = 16) -> torch.Ten
     return scores
 
 
-def train_lora_and_score(seed: int, runs: Path, unlabelled: list[str], extra: dict | None = None) -> dict:
+def train_lora_and_score(seed: int, runs: Path, unlabelled: list[str] = (), extra: dict | None = None, task: Task = TWITTER) -> dict:
     """PEFT LoRA with softprompt.train's loop (accelerate, gradient accumulation and checkpoints aside)."""
     from peft import LoraConfig, get_peft_model
-    from softprompt.data import length_grouped_batches, load_table
+    from softprompt.data import length_grouped_batches
     from softprompt.models import load_base_model, load_tokenizer
     from softprompt.tasks import LabelScoring
     from softprompt.train import TrainConfig, epoch_examples, load_task_data
     from transformers import get_linear_schedule_with_warmup
 
-    settings = {"seed": seed, "train_file": str(DATA / "train.csv"), "eval_file": None, "lr": LORA["lr"], "epochs": LORA["epochs"], "progress": False,
-                "output_dir": str(runs / f"lora-seed{seed}"), **(extra or {})}
-    config = TrainConfig.from_yaml(ROOT / "configs" / "twitter_complaints" / "prompt_tuning.yaml", settings)
+    settings = {"seed": seed, "train_file": str(task.train), "eval_file": None, "lr": LORA["lr"], "epochs": LORA["epochs"], "progress": False,
+                "output_dir": str(runs / f"lora-seed{seed}"), "calibration": None, **(extra or {})}
+    config = TrainConfig.from_yaml(task.config("prompt_tuning"), settings)
     started = time.time()
     torch.manual_seed(config.seed)
     tokenizer = load_tokenizer(config.model)
@@ -148,7 +192,7 @@ def train_lora_and_score(seed: int, runs: Path, unlabelled: list[str], extra: di
             optimizer.zero_grad()
     seconds = time.time() - started
     model.save_pretrained(config.output_dir)  # PEFT's adapter files (safetensors)
-    dev = encoder.encode_table(load_table(str(DEV)))
+    dev = [encoder.encode(row) for row in dev_rows(task)]
     run = {"method": "lora", "seed": seed, "train_seconds": round(seconds, 1), "class_names": encoder.class_names,
            "log_probs": rounded(lm_label_scores(model, encoder, dev))}
     if unlabelled:
@@ -158,12 +202,10 @@ def train_lora_and_score(seed: int, runs: Path, unlabelled: list[str], extra: di
 
 
 # ---- figures -----------------------------------------------------------------------------------
-def dev_gold(class_names: list[str]) -> list[int]:
-    """Gold class positions of the dev tweets, read from ../shared (labels are not copied into results)."""
-    from softprompt.data import load_table
-
-    labels = ["Unlabeled", "complaint", "no complaint"]
-    return [class_names.index(labels[int(row["Label"])]) for row in load_table(str(DEV)).rows]
+def dev_gold(class_names: list[str], task: Task = TWITTER) -> list[int]:
+    """Gold class positions of the dev rows, read from ../shared (labels are not copied into results)."""
+    _, label_column, label_names = task_settings(task)
+    return [class_names.index(label_names[int(row[label_column])]) for row in dev_rows(task)]
 
 
 def metrics(run_gold: list[int], probabilities: torch.Tensor, class_names: list[str]) -> dict:
@@ -180,9 +222,9 @@ def probabilities(run: dict, calibrated: bool) -> torch.Tensor:
     return calibrate(p, estimate_prior(p)) if calibrated else p  # prior: the dev texts, labels unused
 
 
-def summary(runs: list[dict], calibrated: bool) -> dict:
+def summary(runs: list[dict], calibrated: bool, task: Task = TWITTER) -> dict:
     names = runs[0]["class_names"]
-    gold = dev_gold(names)
+    gold = dev_gold(names, task)
     members = [probabilities(r, calibrated) for r in runs]
     single = [metrics(gold, p, names) for p in members]
     f1s = [m["macro_f1"] for m in single]
@@ -195,7 +237,7 @@ def summary(runs: list[dict], calibrated: bool) -> dict:
     }
 
 
-def table(runs: list[dict]) -> str:
+def table(runs: list[dict], task: Task = TWITTER) -> str:
     lines = [
         "| method | scoring | seeds | macro-F1 per seed | mean macro-F1 (sd) | mean accuracy | ensemble macro-F1 | ensemble accuracy |",
         "|---|---|---|---|---|---|---|---|",
@@ -205,7 +247,7 @@ def table(runs: list[dict]) -> str:
         for calibrated in (False, True):
             if not mine:
                 continue
-            s = summary(mine, calibrated)
+            s = summary(mine, calibrated, task)
             lines.append(
                 f"| {method} | {'+ prior' if calibrated else 'plain'} | {', '.join(map(str, s['seeds']))} "
                 f"| {', '.join(f'{f:.3f}' for f in s['macro_f1'])} | {s['mean_macro_f1']:.3f} ({s['sd_macro_f1']:.3f}) "
@@ -219,46 +261,50 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44, 45, 46])
     parser.add_argument("--quick", action="store_true", help="seed 42 only (a quick look; cached runs are reused)")
-    parser.add_argument("--unlabelled", type=int, default=0, help="also score this many unlabelled test tweets per new run")
+    parser.add_argument("--task", default="twitter_complaints", choices=sorted(TASKS))
+    parser.add_argument("--unlabelled", type=int, default=0, help="also score this many unlabelled test texts per new run")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides of the prompt methods (YAML values)")
-    parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "quality.json"))
-    parser.add_argument("--runs", default=str(ROOT / "runs" / "quality"), help="where the adapters go")
+    parser.add_argument("--results", help="results file (default: benchmarks/results/quality[_TASK].json)")
+    parser.add_argument("--runs", help="where the adapters go (default: runs/quality[/TASK])")
     parser.add_argument("--table", metavar="RESULTS", help="only print the table of a results file")
     args = parser.parse_args()
-    if not DEV.is_file():
-        print(f"skipped: {DEV} is absent (the benchmark reads ../shared/data/twitter_complaints)")
+    task = TASKS[args.task]
+    if not (task.train.is_file() and task.dev.is_file()):
+        print(f"skipped: {task.dev.parent} is absent (the benchmark reads ../shared/data/{task.dev.parent.name})")
         return
     if args.table:
-        print(table(json.loads(Path(args.table).read_text())["runs"]))
+        results = json.loads(Path(args.table).read_text())
+        print(table(results["runs"], TASKS[results.get("task", "twitter_complaints")]))
         return
     import yaml
 
     seeds = [42] if args.quick else args.seeds
     overrides = {key: yaml.safe_load(value) for key, value in (pair.split("=", 1) for pair in args.set)}
-    path = Path(args.results)
-    results = json.loads(path.read_text()) if path.is_file() else {"overrides": overrides, "runs": []}
-    if results["overrides"] != overrides:
-        raise SystemExit(f"{path} holds runs with overrides {results['overrides']}; give another --results.")
-    unlabelled = unlabelled_texts(args.unlabelled)
+    path = Path(args.results or task.results())
+    runs = Path(args.runs or ROOT / "runs" / "quality" / ("" if task is TWITTER else task.name))
+    results = json.loads(path.read_text()) if path.is_file() else {"task": task.name, "overrides": overrides, "runs": []}
+    if results["overrides"] != overrides or results.get("task", "twitter_complaints") != task.name:
+        raise SystemExit(f"{path} holds runs of {results.get('task', 'twitter_complaints')} with overrides {results['overrides']}; give another --results.")
+    unlabelled = unlabelled_texts(task, args.unlabelled)
     for method in args.methods:
         for seed in seeds:
             if any(r["method"] == method and r["seed"] == seed for r in results["runs"]):
                 continue
             if method == "lora":
-                run = train_lora_and_score(seed, Path(args.runs), unlabelled)
+                run = train_lora_and_score(seed, runs, unlabelled, task=task)
             else:
-                run = train_and_score(method, seed, overrides, Path(args.runs), unlabelled)
+                run = train_and_score(method, seed, overrides, runs, unlabelled, task)
             results["runs"].append(run)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(results))
-            print(table(results["runs"]), flush=True)
+            print(table(results["runs"], task), flush=True)
     results["summary"] = {
-        f"{method} {'+ prior' if calibrated else 'plain'}": summary(mine, calibrated)
+        f"{method} {'+ prior' if calibrated else 'plain'}": summary(mine, calibrated, task)
         for method in METHODS for calibrated in (False, True)
         if (mine := sorted((r for r in results["runs"] if r["method"] == method), key=lambda r: r["seed"]))
     }
     path.write_text(json.dumps(results))
-    print(table(results["runs"]))
+    print(table(results["runs"], task))
 
 
 if __name__ == "__main__":

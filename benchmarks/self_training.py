@@ -20,8 +20,9 @@ from pathlib import Path
 
 import torch
 
-from quality import DEV, ROOT, dev_gold, metrics, train_and_score
+from quality import ROOT, TWITTER, dev_gold, metrics, train_and_score
 
+DEV = TWITTER.dev
 DATA = DEV.parent
 
 
