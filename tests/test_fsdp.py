@@ -114,7 +114,8 @@ def launch_fsdp_trainer(out, resume_from=None):
     """tests/fsdp_trainer_run.py on 2 processes: accelerate's FSDP2 preparation, softprompt.Trainer's saves."""
     launcher = Path(sys.executable).with_name("accelerate")
     command = [str(launcher), "launch", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-               "--dynamo_backend", "no", "--use_fsdp", "--fsdp_version", "2", str(Path(__file__).with_name("fsdp_trainer_run.py")),
+               "--dynamo_backend", "no", "--main_process_port", str(free_port()), "--use_fsdp", "--fsdp_version", "2",
+               str(Path(__file__).with_name("fsdp_trainer_run.py")),
                str(out), *([str(resume_from)] if resume_from else [])]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
