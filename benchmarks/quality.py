@@ -170,7 +170,7 @@ def train_lora_and_score(seed: int, runs: Path, unlabelled: list[str] = (), extr
     torch.manual_seed(config.seed)
     tokenizer = load_tokenizer(config.model)
     encoder, examples, _, _ = load_task_data(config, tokenizer)
-    task = LabelScoring(examples)
+    scoring = LabelScoring(examples)
     lora = LoraConfig(r=LORA["r"], target_modules=LORA["target_modules"], task_type="CAUSAL_LM")
     model = get_peft_model(load_base_model(config.model), lora)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay)
@@ -182,9 +182,9 @@ def train_lora_and_score(seed: int, runs: Path, unlabelled: list[str] = (), extr
         rows = epoch_examples(examples, config, epoch)
         model.train()
         for batch_rows in length_grouped_batches([len(e.prompt_ids) + len(e.target_ids) for e in rows], config.batch_size, config.seed + epoch):
-            batch = task.collate([rows[i] for i in batch_rows], pad)
-            labels = batch.pop("labels")[:, -task.keep:]  # rows are left-padded: the labels end every row
-            loss = model(**batch, labels=labels, position_ids=positions(batch["attention_mask"]), logits_to_keep=task.keep).loss
+            batch = scoring.collate([rows[i] for i in batch_rows], pad)
+            labels = batch.pop("labels")[:, -scoring.keep:]  # rows are left-padded: the labels end every row
+            loss = model(**batch, labels=labels, position_ids=positions(batch["attention_mask"]), logits_to_keep=scoring.keep).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             optimizer.step()
