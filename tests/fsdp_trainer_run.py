@@ -11,6 +11,7 @@ data parallel (DistributedType.MULTI_CPU) even when launched with --use_fsdp. To
 sets the distributed type to FSDP where accelerate would have on a GPU; nothing else is changed.
 """
 
+import os
 import sys
 from pathlib import Path
 
@@ -54,6 +55,14 @@ def main(out: Path, resume_from: Path | None) -> None:
         assert trainer.is_fsdp_enabled, "accelerate did not take the FSDP config"
         trainer.train(resume_from_checkpoint=str(resume_from / case / "checkpoint-1") if resume_from else None)
         trainer.save_model(str(out / case / "final"))
+    # Leave together, then without the interpreter's teardown: on CPU, torch's distributed threads at times
+    # abort it ("terminate called without an active exception") after all the work is written, even with the
+    # process group destroyed, and the launch then fails at random.
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
