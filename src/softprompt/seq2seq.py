@@ -46,15 +46,12 @@ class EncoderTokens(EmbeddingPrefix):
     prompt tuning) places its second block before the decoder's input."""
 
     def encoder_inputs(self, wrapper, name, task, input_ids, inputs_embeds, attention_mask):
-        """-> (input_ids, inputs_embeds, attention_mask) for the encoder: the prompt's rows before each row's text."""
-        table = wrapper.prompt_table(name, task)[: self.config.num_virtual_tokens]  # [P, H]
-        embeds, mask, _ = prepend_prompt(table, wrapper.base_model.get_input_embeddings(), input_ids, inputs_embeds, attention_mask)
-        return None, embeds, mask  # [B, P+L, H], [B, P+L]
-
-    def decoder_tokens(self, wrapper, name, task) -> torch.Tensor | None:
-        """The decoder's virtual token embeddings [P, H], or None."""
-        table = wrapper.prompt_table(name, task)
-        return table[self.config.num_virtual_tokens :] if table.shape[0] > self.config.num_virtual_tokens else None
+        """-> (input_ids, inputs_embeds, attention_mask) for the encoder, the prompt's rows before each row's text,
+        and the decoder's virtual token embeddings [P, H] (rows P..2P of a 2P-row table) or None."""
+        table = wrapper.prompt_table(name, task)  # [P, H] or [2P, H]
+        virtual = self.config.num_virtual_tokens
+        embeds, mask, _ = prepend_prompt(table[:virtual], wrapper.base_model.get_input_embeddings(), input_ids, inputs_embeds, attention_mask)
+        return None, embeds, mask, (table[virtual:] if table.shape[0] > virtual else None)  # [B, P+L, H], [B, P+L]
 
     def decoder_prefix(self, wrapper, name, task, batch) -> Prefix | None:
         return None
@@ -96,10 +93,7 @@ class DecoderPrefix(KVPrefix):
         return PromptStates([(kv[(4 * i) % slots], kv[(4 * i + 1) % slots]) for i in range(shape.num_layers)])
 
     def encoder_inputs(self, wrapper, name, task, input_ids, inputs_embeds, attention_mask):
-        return input_ids, inputs_embeds, attention_mask
-
-    def decoder_tokens(self, wrapper, name, task) -> None:
-        return None
+        return input_ids, inputs_embeds, attention_mask, None
 
     def decoder_prefix(self, wrapper, name, task, batch) -> Prefix:
         prefix = Prefix.shared(wrapper.prompt_states(name, task=task), batch)
@@ -189,13 +183,12 @@ class PeftModelForSeq2SeqLM(PeftModel):
         if name is None:
             return base(**inputs, **kwargs)
         injection = self.injections[name]
-        input_ids, inputs_embeds, attention_mask = injection.encoder_inputs(
+        input_ids, inputs_embeds, attention_mask, tokens = injection.encoder_inputs(
             self, name, task, inputs["input_ids"], inputs["inputs_embeds"], inputs["attention_mask"]
         )
         inputs = {**inputs, "input_ids": input_ids, "inputs_embeds": inputs_embeds, "attention_mask": attention_mask}
         batch = (input_ids if input_ids is not None else inputs_embeds).shape[0]
         inputs.update(self.encoded(injection, name, task, batch, inputs))
-        tokens = injection.decoder_tokens(self, name, task)
         if tokens is not None:  # [P, H] before the decoder's input; its P positions are dropped from the logits
             output = base(**self.decoder_prompted(tokens, inputs), use_cache=False, **kwargs)
             return Seq2SeqLMOutput(loss=output.loss, logits=output.logits[:, tokens.shape[0] :])
@@ -273,12 +266,11 @@ class PeftModelForSeq2SeqLM(PeftModel):
         if name is None:
             return base.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         injection = self.injections[name]
-        input_ids, inputs_embeds, attention_mask = injection.encoder_inputs(self, name, task, input_ids, None, attention_mask)
+        input_ids, inputs_embeds, attention_mask, tokens = injection.encoder_inputs(self, name, task, input_ids, None, attention_mask)
         batch = attention_mask.shape[0]
         settings = kwargs.get("generation_config") or base.generation_config
         expand = max(kwargs.get("num_beams", settings.num_beams) or 1, kwargs.get("num_return_sequences", settings.num_return_sequences) or 1)
         prefix = injection.decoder_prefix(self, name, task, batch * expand)  # rows as generate expands them
-        tokens = injection.decoder_tokens(self, name, task)
         if prefix is None and tokens is None:  # the prompt is in the encoder's input
             return base.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
         encoder = self.encoded(injection, name, task, batch, {"input_ids": input_ids, "inputs_embeds": inputs_embeds, "attention_mask": attention_mask})
