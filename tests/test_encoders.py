@@ -50,10 +50,11 @@ def wrapped(method, arch, attn="eager"):
     return model
 
 
-def right_padded(lengths=(7, 4, 2), seed=0):
+def right_padded(lengths=(7, 4, 2), seed=0, width=None):
+    """Random rows right-padded with 0 to `width` (default: the longest): (ids [B, T], mask [B, T], rows)."""
     generator = torch.Generator().manual_seed(seed)
     rows = [torch.randint(5, VOCAB, (n,), generator=generator) for n in lengths]
-    ids = torch.zeros(len(rows), max(lengths), dtype=torch.long)
+    ids = torch.zeros(len(rows), width or max(lengths), dtype=torch.long)
     mask = torch.zeros_like(ids)
     for i, row in enumerate(rows):
         ids[i, : len(row)], mask[i, : len(row)] = row, 1

@@ -17,6 +17,7 @@ from softprompt import (
     get_peft_model,
 )
 from softprompt.compat import frozen_prefix_cache
+from test_encoders import right_padded
 from transformers import AutoModelForSequenceClassification, BertConfig, DistilBertConfig, RobertaConfig
 
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")  # PEFT's call
@@ -47,16 +48,6 @@ def wrapped(method, arch="bert", **options):
         for p in model.prompt_source.parameters():
             p.normal_(0, 1)  # a prompt far from its start, so that it matters
     return model
-
-
-def right_padded(lengths=(7, 4, 2), seed=0, width=None):
-    generator = torch.Generator().manual_seed(seed)
-    rows = [torch.randint(5, VOCAB, (n,), generator=generator) for n in lengths]
-    ids = torch.zeros(len(rows), width or max(lengths), dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)], mask[i, : len(row)] = row, 1
-    return ids, mask, rows
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -217,13 +217,16 @@ def load_whole_state(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """`module.load_state_dict(state)` for whole tensors, also where the module's parameters are FSDP2 shards:
     each value is cut into the rank's shard first (a collective: every rank loads the same state)."""
     current = module.state_dict()
-    for key, value in state.items():
-        target = current.get(key)
-        if hasattr(target, "device_mesh") and value.shape == target.shape:  # a DTensor of the same global shape
-            from torch.distributed.tensor import distribute_tensor
+    module.load_state_dict({key: sharded_like(value, current.get(key)) for key, value in state.items()})
 
-            state = {**state, key: distribute_tensor(value.to(target.dtype), target.device_mesh, target.placements)}
-    module.load_state_dict(state)
+
+def sharded_like(value: torch.Tensor, target) -> torch.Tensor:
+    """`value` cut into this rank's shard where `target` is a DTensor of the same global shape; else as it is."""
+    if not (hasattr(target, "device_mesh") and value.shape == target.shape):
+        return value
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(value.to(target.dtype), target.device_mesh, target.placements)
 
 
 # ---- key/value prefixes for models that keep no cache (bidirectional encoders) ----------------
