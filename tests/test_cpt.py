@@ -1,5 +1,7 @@
 """CPT: PEFT's loss and gradients, label tokens kept fixed, deltas kept in their bounds, PEFT's files both ways."""
 
+import copy
+
 import peft
 import pytest
 import torch
@@ -50,6 +52,10 @@ def test_loss_and_gradients_equal_peft(arch, decay):
     labels_rows = torch.tensor(TYPES) % 4 == 0
     assert ours_grad[labels_rows].abs().sum() == 0 and ours_grad[~labels_rows].abs().sum() > 0  # labels stay fixed
     assert ours.prompt_source.embedding.weight.grad is None
+    copied = copy.deepcopy(ours)  # a tensor hook on the delta would not survive this copy (it did not, before)
+    copied.zero_grad()
+    copied(input_ids=ids, attention_mask=mask, labels=labels, input_type_mask=input_type_mask).loss.backward()
+    torch.testing.assert_close(copied.prompt_source.delta_embedding.weight.grad, ours_grad)
     # without an input_type_mask every input label counts, as in PEFT
     plain = ours(input_ids=ids, attention_mask=mask, labels=labels).loss
     torch.testing.assert_close(plain, theirs(input_ids=ids, attention_mask=mask, labels=labels).loss, atol=1e-5, rtol=1e-5)

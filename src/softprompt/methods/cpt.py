@@ -87,7 +87,6 @@ class CPTEmbedding(nn.Module):
         epsilon[(types > 0) & (types % 4 != 2) & (types % 4 != 0)] = config.opt_projection_format_epsilon * scale
         epsilon[(types > 0) & (types % 4 == 2)] = config.opt_projection_epsilon * scale
         self.register_buffer("epsilon", epsilon, persistent=False)
-        self.delta_embedding.weight.register_hook(lambda grad: grad * self.trainable_rows)  # labels stay as they are
 
     @torch.no_grad()
     def project(self) -> None:
@@ -104,7 +103,10 @@ class CPTEmbedding(nn.Module):
 
     def forward(self) -> torch.Tensor:
         self.project()
-        return self.embedding.weight + self.delta_embedding.weight  # [P, H]
+        # the labels' deltas take no gradient (they stay as they are); masked here rather than by a tensor hook,
+        # which a deepcopy of the model would lose
+        delta = torch.where(self.trainable_rows.bool(), self.delta_embedding.weight, self.delta_embedding.weight.detach())
+        return self.embedding.weight + delta  # [P, H]
 
     def loss(self, prompt_logits: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, input_type_mask=None) -> torch.Tensor:
         """PEFT's CPT loss without repeating the prompt per row: next-token cross-entropy over the examples'
