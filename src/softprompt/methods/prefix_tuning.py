@@ -30,13 +30,28 @@ class PrefixTuningConfig(PromptLearningConfig):
     did, and give each decoder layer its own slots. The table is then [P, (decoder + encoder layers) * 2 * kv]: a
     layout PEFT cannot read (it refuses the width). False: PEFT's seq2seq prefix (decoder only, see seq2seq.py)."""
 
-    SOFTPROMPT_FIELDS: ClassVar[dict[str, Any]] = {**PromptLearningConfig.SOFTPROMPT_FIELDS, "encoder_prefix": False}
+    prefix_init_text: str | None = None
+    """softprompt's own field: start the prefixes as the keys and values the frozen model computes for this text
+    (its tokens repeated or cut to num_virtual_tokens), so that training starts from the model reading the text
+    before each input (Li & Liang's initialisation from real words' activations, their fix for few examples).
+    Decoder-only models, flat table (prefix_projection=False)."""
+    tokenizer_name_or_path: str | None = None
+    """Tokenizer for prefix_init_text; defaults to the base model's."""
+
+    SOFTPROMPT_FIELDS: ClassVar[dict[str, Any]] = {
+        **PromptLearningConfig.SOFTPROMPT_FIELDS, "encoder_prefix": False, "prefix_init_text": None, "tokenizer_name_or_path": None,
+    }
 
     def __post_init__(self) -> None:
         super().__post_init__()
         positive_int_or_none(self, "encoder_hidden_size")
         if self.init_weights not in (None, "zero"):
             raise ConfigError(f"init_weights must be None or 'zero', got {self.init_weights!r}.")
+        if self.prefix_init_text is not None:
+            if not self.prefix_init_text.strip():
+                raise ConfigError("prefix_init_text is empty: give a task description, e.g. 'Is this tweet a complaint?', or leave it out.")
+            if self.prefix_projection or self.init_weights is not None:
+                raise ConfigError("prefix_init_text sets the prefix table itself: use it with prefix_projection=False and no init_weights.")
         if self.encoder_prefix and self.task_type != "SEQ_2_SEQ_LM":
             raise ConfigError("encoder_prefix=True is for encoder-decoder models: set task_type='SEQ_2_SEQ_LM', or leave it out.")
 
@@ -73,7 +88,39 @@ class PrefixEncoder(nn.Module):
             nn.init.zeros_(last.weight)
             if getattr(last, "bias", None) is not None:
                 nn.init.zeros_(last.bias)
+        if config.prefix_init_text is not None and base_model is not None:  # (None: weights come from a checkpoint)
+            with torch.no_grad():
+                self.embedding.weight.copy_(text_prefix_table(config, shape, base_model))
 
     def forward(self) -> torch.Tensor:
         table = self.embedding.weight  # [P, kv_width] or [P, L*2*kv_width]
         return table if self.transform is None else self.transform(table)
+
+
+@torch.no_grad()
+def text_prefix_table(config: PrefixTuningConfig, shape: ModelShape, base_model: nn.Module) -> torch.Tensor:
+    """The frozen model's keys and values for the init text at positions 0..P-1 -> [P, L * 2 * kv_width] in PEFT's
+    layout (row p: layer 0's key, layer 0's value, layer 1's key, ...; each kv_heads x head_dim).
+
+    A prefix is read as the cache of P earlier tokens, so at the start the model sees exactly the text before
+    each input.
+    """
+    from ..compat import layer_states, output_cache
+    from .prompt_tuning import init_text_ids
+
+    if shape.bidirectional or shape.encoder_decoder:
+        raise ConfigError("prefix_init_text needs a decoder-only model (its keys and values are read off its cache); "
+                          "leave it out for encoders and encoder-decoders.")
+    count = config.num_virtual_tokens
+    token_ids = init_text_ids(config, base_model, field="prefix_init_text")
+    token_ids = (token_ids * -(-count // len(token_ids)))[:count]  # repeated or cut to P
+    device = base_model.get_input_embeddings().weight.device
+    was_training = base_model.training
+    base_model.eval()
+    cache = output_cache(base_model(input_ids=torch.tensor([token_ids], device=device), use_cache=True))
+    base_model.train(was_training)
+    if cache is None:
+        raise ConfigError(f"prefix_init_text: {type(base_model).__name__} returns no cache to read keys and values from; leave it out.")
+    layers = layer_states(cache)  # per layer (K, V), each [1, kv_heads, P, head_dim]
+    states = torch.stack([state[0] for layer in layers for state in layer])  # [2L, kv_heads, P, head_dim]
+    return states.permute(2, 0, 1, 3).reshape(count, -1).float()  # [P, 2L * kv_width]

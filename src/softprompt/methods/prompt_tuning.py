@@ -77,12 +77,13 @@ class PromptEmbedding(nn.Module):
         return self.embedding.weight  # [P, H]
 
 
-def init_text_ids(config: PromptTuningConfig, base_model: nn.Module) -> list[int]:
+def init_text_ids(config, base_model: nn.Module, field: str = "prompt_tuning_init_text") -> list[int]:
+    """The token ids of the config's init text (its field `field`), read with its tokenizer or the base model's."""
     from ..models import load_tokenizer
 
     name = config.tokenizer_name_or_path or config.base_model_name_or_path or base_model.name_or_path
-    tokenizer = load_tokenizer(name, **(config.tokenizer_kwargs or {}))
-    token_ids = tokenizer(config.prompt_tuning_init_text, add_special_tokens=False)["input_ids"]
+    tokenizer = load_tokenizer(name, **(getattr(config, "tokenizer_kwargs", None) or {}))
+    token_ids = tokenizer(getattr(config, field), add_special_tokens=False)["input_ids"]
     if not token_ids:
-        raise ConfigError(f"prompt_tuning_init_text={config.prompt_tuning_init_text!r} gives no tokens.")
+        raise ConfigError(f"{field}={getattr(config, field)!r} gives no tokens.")
     return token_ids
