@@ -1,11 +1,13 @@
-"""Choose recipe options by cross-validation on the 50 train tweets only (dev.csv is never read).
+"""Choose recipe options by cross-validation on a RAFT task's 50 train rows only (its dev rows are never read).
 
     .venv/bin/python benchmarks/recipe_cv.py                                    # prompt_tuning as shipped, 5 folds
     .venv/bin/python benchmarks/recipe_cv.py --method prefix_tuning --name v2 --set lr=0.01 ...
+    .venv/bin/python benchmarks/recipe_cv.py --task banking77 --method prefix_tuning --name shipped --unlabelled 100
     .venv/bin/python benchmarks/recipe_cv.py --table                             # every candidate so far
 
-Each candidate (a config plus overrides) trains on one of 2 stratified folds of train.csv (25 tweets) and scores
-the other, for 2 independent splits (4 runs, about one full run's CPU time), plus a fixed sample of unlabelled test tweets (none of them in dev.csv) and a few content-free inputs.
+Each candidate (configs/TASK/METHOD.yaml plus overrides) trains on one of 2 stratified folds of the 50 train rows
+(25) and scores the other, for 2 independent splits (4 runs, about one full run's CPU time), plus a fixed sample of
+unlabelled test rows (none of them in the dev rows of benchmarks/quality.py) and a few content-free inputs.
 Scoring options are then compared on the same runs, with the pooled held-out predictions of a split's folds (all 50
 tweets, each predicted once), averaged over the splits: plain label scoring; calibrated by the class prior on the unlabelled tweets (`calibration` of the
 Predictor); calibrated on the content-free inputs (Zhao et al. 2021). Runs are cached in the results file.
@@ -23,10 +25,10 @@ from pathlib import Path
 
 import torch
 
+from quality import TASKS, Task, dev_rows, task_settings
+
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "twitter_complaints"
 CONTENT_FREE = ["N/A", "", "[MASK]"]
-LABELS = ["Unlabeled", "complaint", "no complaint"]
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -34,26 +36,31 @@ def read_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def folds(rows: list[dict], k: int, seed: int = 0) -> list[list[int]]:
-    """Stratified folds: row positions of each fold."""
+def folds(rows: list[dict], k: int, seed: int = 0, column: str = "Label") -> list[list[int]]:
+    """Stratified folds: row positions of each fold. A class of at least k rows is dealt from fold 0 on; the rows
+    of rarer classes (banking77: 37 intents in 50 rows) go on round the folds, so that the folds keep one size."""
     rng = random.Random(seed)
     out: list[list[int]] = [[] for _ in range(k)]
-    for label in sorted({r["Label"] for r in rows}):
-        members = [i for i, r in enumerate(rows) if r["Label"] == label]
+    rare = 0  # rows of rare classes dealt so far
+    for label in sorted({r[column] for r in rows}):
+        members = [i for i, r in enumerate(rows) if r[column] == label]
         rng.shuffle(members)
+        start = 0 if len(members) >= k else rare
+        rare += 0 if len(members) >= k else len(members)
         for n, i in enumerate(members):
-            out[n % k].append(i)
+            out[(start + n) % k].append(i)
     return out
 
 
-def unlabelled_sample(count: int, seed: int = 0) -> list[str]:
-    """`count` test tweets that are not in dev.csv (dev is a labelled sample of test)."""
-    dev = {r["Tweet text"] for r in read_rows(DATA / "dev.csv")}
-    texts = [r["Tweet text"] for r in read_rows(DATA / "test.csv") if r["Tweet text"] not in dev]
+def unlabelled_sample(task: Task, count: int, seed: int = 0) -> list[str]:
+    """`count` unlabelled test texts that are not among the task's dev rows (dev is a labelled sample of test)."""
+    column = task_settings(task)[0]
+    dev = {r[column] for r in dev_rows(task)}
+    texts = [r[column] for r in read_rows(task.unlabelled) if r[column] not in dev]
     return random.Random(seed).sample(texts, count)
 
 
-def run_fold(method: str, overrides: dict, repeat: int, fold: int, held: list[int], rows: list[dict], unlabelled: list[str], runs: Path) -> dict:
+def run_fold(task: Task, method: str, overrides: dict, repeat: int, fold: int, held: list[int], rows: list[dict], unlabelled: list[str], runs: Path) -> dict:
     from softprompt import Predictor
     from softprompt.train import TrainConfig, train
 
@@ -66,7 +73,8 @@ def run_fold(method: str, overrides: dict, repeat: int, fold: int, held: list[in
         writer.writerows(r for i, r in enumerate(rows) if i not in set(held))
     settings = {"seed": 42, "eval_file": None, "output_dir": str(folder), "progress": False, "calibration": None, **overrides,
                 "train_file": str(train_csv)}  # calibration: compared below on the same runs
-    config = TrainConfig.from_yaml(ROOT / "configs" / "twitter_complaints" / f"{method}.yaml", settings)
+    config = TrainConfig.from_yaml(task.config(method), settings)
+    column, label_column, label_names = task_settings(task)
     started = time.time()
     train(config, resume=True)  # a fold trained before (e.g. a crash while scoring) is reused from its checkpoint
     predictor = Predictor.from_pretrained(str(folder / "adapter"), device="cpu")
@@ -77,8 +85,8 @@ def run_fold(method: str, overrides: dict, repeat: int, fold: int, held: list[in
 
     return {
         "repeat": repeat, "fold": fold, "seconds": round(time.time() - started, 1), "class_names": names,
-        "gold": [names.index(LABELS[int(rows[i]["Label"])]) for i in held],
-        "held_log_probs": log_probs([rows[i]["Tweet text"] for i in held]),
+        "gold": [names.index(label_names[int(rows[i][label_column])]) for i in held],
+        "held_log_probs": log_probs([rows[i][column] for i in held]),
         "unlabelled_log_probs": log_probs(unlabelled),
         "content_free_log_probs": log_probs(CONTENT_FREE),
     }
@@ -113,20 +121,24 @@ def scoring_options(runs: list[dict]) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="twitter_complaints", choices=sorted(TASKS))
     parser.add_argument("--method", default="prompt_tuning")
     parser.add_argument("--name", default="shipped", help="the candidate's name in the results file")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides (YAML values)")
     parser.add_argument("--folds", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2, help="independent fold splits (seeds 0, 1, ...)")
     parser.add_argument("--unlabelled", type=int, default=200, help="how many unlabelled test tweets estimate the prior")
-    parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "recipe_cv.json"))
-    parser.add_argument("--runs", default=str(ROOT / "runs" / "recipe_cv"))
+    parser.add_argument("--results", help="default: benchmarks/results/recipe_cv[_TASK].json")
+    parser.add_argument("--runs", help="default: runs/recipe_cv[/TASK]")
     parser.add_argument("--table", action="store_true", help="only print the figures of the results file")
     args = parser.parse_args()
-    if not DATA.is_dir():
-        print(f"skipped: {DATA} is absent")
+    task = TASKS[args.task]
+    if not task.train.is_file():
+        print(f"skipped: {task.train} is absent")
         return
-    path = Path(args.results)
+    suffix = "" if task.name == "twitter_complaints" else f"_{task.name}"  # twitter's candidates came first
+    path = Path(args.results or ROOT / "benchmarks" / "results" / f"recipe_cv{suffix}.json")
+    runs = Path(args.runs or ROOT / "runs" / f"recipe_cv{suffix.replace('_', '/')}")
     results = json.loads(path.read_text()) if path.is_file() else {"candidates": {}}
     if not args.table:
         import yaml
@@ -136,13 +148,13 @@ def main() -> None:
         entry = results["candidates"].setdefault(key, {"method": args.method, "overrides": overrides, "runs": []})
         if entry["overrides"] != overrides:
             raise SystemExit(f"{key} was run with overrides {entry['overrides']}: give another --name.")
-        rows = read_rows(DATA / "train.csv")
-        unlabelled = unlabelled_sample(args.unlabelled)
+        rows = read_rows(task.train)
+        unlabelled = unlabelled_sample(task, args.unlabelled)
         for repeat in range(args.repeats):
-            for fold, held in enumerate(folds(rows, args.folds, seed=repeat)):
+            for fold, held in enumerate(folds(rows, args.folds, seed=repeat, column=task_settings(task)[1])):
                 if any(r["repeat"] == repeat and r["fold"] == fold for r in entry["runs"]):
                     continue
-                entry["runs"].append(run_fold(args.method, overrides, repeat, fold, held, rows, unlabelled, Path(args.runs) / key))
+                entry["runs"].append(run_fold(task, args.method, overrides, repeat, fold, held, rows, unlabelled, runs / key))
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(results))
                 print(key, f"split {repeat} fold {fold}", scoring_options(entry["runs"]), flush=True)
