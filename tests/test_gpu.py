@@ -11,14 +11,21 @@ import copy
 import os
 
 import pytest
-import torch
 import test_encoders
 import test_seq2seq
 import test_seq_cls
-from softprompt import PeftModel, Predictor, get_peft_model
+import torch
 from test_correctness import greedy_by_forward
 from test_multi_adapter import LENGTHS, ROWS, alone, multi_adapter_model
-from tiny_models import METHOD_CONFIGS, OWN_LOSS, left_padded_batch, tiny_model, trainable
+from tiny_models import (
+    METHOD_CONFIGS,
+    OWN_LOSS,
+    left_padded_batch,
+    tiny_model,
+    trainable,
+)
+
+from softprompt import PeftModel, Predictor, get_peft_model
 
 CUDA = os.environ.get("SOFTPROMPT_TEST_DEVICE", "cuda")
 pytestmark = [

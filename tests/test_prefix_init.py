@@ -6,13 +6,14 @@ import json
 import peft
 import pytest
 import torch
-from softprompt import ConfigError, PeftModel, PrefixTuningConfig, get_peft_model
-from softprompt.methods import prompt_tuning
 from test_encoders import encoder
 from test_seq2seq import base_model as seq2seq_model
 from tiny_models import ARCHITECTURES, left_padded_batch, tiny_model
 from tiny_run import make_tiny_model_folder
 from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from softprompt import ConfigError, PeftModel, PrefixTuningConfig, get_peft_model
+from softprompt.methods import prompt_tuning
 
 pytestmark = [  # PEFT's own calls
     pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning"),
