@@ -8,6 +8,7 @@ import pytest
 import torch
 from test_encoders import encoder
 from test_seq2seq import base_model as seq2seq_model
+from test_seq_cls import classifier
 from tiny_models import ARCHITECTURES, left_padded_batch, tiny_model
 from tiny_run import make_tiny_model_folder
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -45,6 +46,15 @@ def test_a_text_started_prefix_is_the_model_reading_the_text_first(arch, stub_te
             torch.testing.assert_close(batched[i, -len(row) :], expected, atol=1e-4, rtol=1e-4)
         other = base(input_ids=torch.cat([torch.tensor([9, 9, 9, 9, 9]), rows[0]])[None]).logits[0, 5:]
     assert (other - batched[0, -len(rows[0]) :]).abs().max() > 1e-3  # the text read matters: the check can fail
+
+
+def test_a_decoder_classifier_with_a_text_started_prefix_reads_the_text_first(stub_text):
+    model = get_peft_model(classifier("llama_gqa"), text_config(count=3, task_type="SEQ_CLS")).eval()
+    base = classifier("llama_gqa")
+    row = torch.tensor([[20, 21, 22, 23]])
+    with torch.no_grad():
+        expected = base(input_ids=torch.cat([torch.tensor([TEXT_IDS]), row], 1)).logits  # [1, labels]
+        torch.testing.assert_close(model(input_ids=row).logits, expected, atol=1e-4, rtol=1e-4)
 
 
 def test_the_init_text_is_read_with_the_models_tokenizer_and_peft_reads_the_table(tmp_path):
