@@ -37,18 +37,23 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def folds(rows: list[dict], k: int, seed: int = 0, column: str = "Label") -> list[list[int]]:
-    """Stratified folds: row positions of each fold. A class of at least k rows is dealt from fold 0 on; the rows
-    of rarer classes (banking77: 37 intents in 50 rows) go on round the folds, so that the folds keep one size."""
+    """Stratified folds: row positions of each fold. A class of at least k rows is shuffled and dealt from fold 0
+    on; the rows of rarer classes (banking77: 37 intents in 50 rows) are shuffled together (per seed) and dealt on
+    round the folds, so that the folds keep one size and each split places them anew."""
     rng = random.Random(seed)
     out: list[list[int]] = [[] for _ in range(k)]
-    rare = 0  # rows of rare classes dealt so far
+    rare: list[int] = []
     for label in sorted({r[column] for r in rows}):
         members = [i for i, r in enumerate(rows) if r[column] == label]
+        if len(members) < k:
+            rare += members
+            continue
         rng.shuffle(members)
-        start = 0 if len(members) >= k else rare
-        rare += 0 if len(members) >= k else len(members)
         for n, i in enumerate(members):
-            out[(start + n) % k].append(i)
+            out[n % k].append(i)
+    random.Random(seed + 1000).shuffle(rare)  # its own generator: the frequent classes' folds stay as they were
+    for n, i in enumerate(rare):
+        out[n % k].append(i)
     return out
 
 
@@ -84,7 +89,7 @@ def run_fold(task: Task, method: str, overrides: dict, repeat: int, fold: int, h
         return [[round(v, 5) for v in row] for row in torch.stack(predictor.scores(texts)).log_softmax(-1).tolist()]
 
     return {
-        "repeat": repeat, "fold": fold, "seconds": round(time.time() - started, 1), "class_names": names,
+        "repeat": repeat, "fold": fold, "held": held, "seconds": round(time.time() - started, 1), "class_names": names,
         "gold": [names.index(label_names[int(rows[i][label_column])]) for i in held],
         "held_log_probs": log_probs([rows[i][column] for i in held]),
         "unlabelled_log_probs": log_probs(unlabelled),
@@ -138,21 +143,28 @@ def main() -> None:
         return
     suffix = "" if task.name == "twitter_complaints" else f"_{task.name}"  # twitter's candidates came first
     path = Path(args.results or ROOT / "benchmarks" / "results" / f"recipe_cv{suffix}.json")
-    runs = Path(args.runs or ROOT / "runs" / f"recipe_cv{suffix.replace('_', '/')}")
+    runs = Path(args.runs or ROOT / "runs" / "recipe_cv" / ("" if task.name == "twitter_complaints" else task.name))
     results = json.loads(path.read_text()) if path.is_file() else {"candidates": {}}
     if not args.table:
         import yaml
 
         overrides = {key: yaml.safe_load(value) for key, value in (pair.split("=", 1) for pair in args.set)}
         key = f"{args.method}/{args.name}"
-        entry = results["candidates"].setdefault(key, {"method": args.method, "overrides": overrides, "runs": []})
+        settings = {"task": task.name, "folds": args.folds, "unlabelled": args.unlabelled}
+        entry = results["candidates"].setdefault(key, {"method": args.method, "overrides": overrides, **settings, "runs": []})
         if entry["overrides"] != overrides:
             raise SystemExit(f"{key} was run with overrides {entry['overrides']}: give another --name.")
+        for name, value in settings.items():  # (entries from before these were recorded: twitter, 2 folds, 200)
+            if entry.get(name, {"task": "twitter_complaints", "folds": 2, "unlabelled": 200}[name]) != value:
+                raise SystemExit(f"{key} was run with {name}={entry.get(name)!r}: give another --name or --results.")
         rows = read_rows(task.train)
         unlabelled = unlabelled_sample(task, args.unlabelled)
         for repeat in range(args.repeats):
             for fold, held in enumerate(folds(rows, args.folds, seed=repeat, column=task_settings(task)[1])):
-                if any(r["repeat"] == repeat and r["fold"] == fold for r in entry["runs"]):
+                cached = [r for r in entry["runs"] if r["repeat"] == repeat and r["fold"] == fold]
+                if cached and cached[0].get("held", held) != held:
+                    raise SystemExit(f"{key}: split {repeat} fold {fold} was run on other rows: give another --name.")
+                if cached:
                     continue
                 entry["runs"].append(run_fold(task, args.method, overrides, repeat, fold, held, rows, unlabelled, runs / key))
                 path.parent.mkdir(parents=True, exist_ok=True)

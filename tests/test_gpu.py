@@ -260,3 +260,25 @@ def test_predictor_on_the_gpu_gives_the_cpu_probabilities(trained_adapters, dtyp
         assert_near(torch.tensor(list(row["probabilities"].values())), probabilities, tolerance, f"{name}: {text}")
     texts = gpu.generate(TEXTS[:2], adapter="complaints", max_new_tokens=4)
     assert texts == on_cpu.generate(TEXTS[:2], adapter="complaints", max_new_tokens=4) or dtype == "bfloat16"
+
+
+# ---- a prefix started from a text, computed on the GPU ------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_text_started_prefix_computed_on_the_gpu_reads_the_text_first(dtype, monkeypatch):
+    from softprompt import PrefixTuningConfig
+    from softprompt.methods import prompt_tuning
+
+    dtype, tolerance = DTYPES[dtype]
+    text = [5, 6, 7, 8]
+    monkeypatch.setattr(prompt_tuning, "init_text_ids", lambda config, base_model, field: list(text))
+    config = lambda: PrefixTuningConfig(num_virtual_tokens=4, prefix_init_text="a task description")  # noqa: E731
+    on_cpu = get_peft_model(tiny_model("llama_gqa"), config())
+    model = get_peft_model(tiny_model("llama_gqa").to(CUDA, dtype), config()).eval()  # the table computed there
+    table = model.prompt_source.embedding.weight
+    assert table.dtype == torch.float32  # the trained prefix stays in float32 over a bfloat16 model
+    assert_near(table, on_cpu.prompt_source.embedding.weight, tolerance, "the table against the CPU's")
+    row = torch.tensor([[20, 21, 22]], device=CUDA)
+    base = tiny_model("llama_gqa").to(CUDA, dtype).eval()
+    with torch.no_grad():
+        expected = base(input_ids=torch.cat([torch.tensor([text], device=CUDA), row], 1)).logits[:, len(text) :]
+        assert_near(model(input_ids=row).logits, expected, tolerance, "against the base reading the text first")

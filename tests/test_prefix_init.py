@@ -93,3 +93,17 @@ def test_prefix_init_text_errors_are_clear(stub_text):
         get_peft_model(seq2seq_model("t5"), text_config(task_type="SEQ_2_SEQ_LM"))
     # without the option the JSON is PEFT's own
     assert "prefix_init_text" not in PrefixTuningConfig(num_virtual_tokens=4).to_dict()
+
+
+def test_a_model_built_from_a_config_needs_a_tokenizer_named():
+    with pytest.raises(ConfigError, match="set tokenizer_name_or_path"):  # tiny models name no folder or hub id
+        get_peft_model(tiny_model("llama_gqa"), PrefixTuningConfig(num_virtual_tokens=4, prefix_init_text="a task"))
+
+
+def test_a_cache_of_another_shape_is_refused(stub_text, monkeypatch):
+    from softprompt import compat
+
+    real = compat.layer_states
+    monkeypatch.setattr(compat, "layer_states", lambda cache: real(cache)[:1])  # as if layers shared their keys/values
+    with pytest.raises(ConfigError, match="leave the option out"):
+        get_peft_model(tiny_model("llama_gqa"), text_config())

@@ -123,4 +123,7 @@ def text_prefix_table(config: PrefixTuningConfig, shape: ModelShape, base_model:
         raise ConfigError(f"prefix_init_text: {type(base_model).__name__} returns no cache to read keys and values from; leave it out.")
     layers = layer_states(cache)  # per layer (K, V), each [1, kv_heads, P, head_dim]
     states = torch.stack([state[0] for layer in layers for state in layer])  # [2L, kv_heads, P, head_dim]
+    if states.shape != (2 * shape.num_layers, shape.num_kv_heads, count, shape.head_dim):  # e.g. a sliding window
+        raise ConfigError(f"prefix_init_text: {type(base_model).__name__}'s cache holds keys/values of shape "
+                          f"{tuple(states.shape)}, not one [kv_heads, P, head_dim] per layer; leave the option out.")
     return states.permute(2, 0, 1, 3).reshape(count, -1).float()  # [P, 2L * kv_width]

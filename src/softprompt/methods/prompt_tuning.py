@@ -82,6 +82,8 @@ def init_text_ids(config, base_model: nn.Module, field: str = "prompt_tuning_ini
     from ..models import load_tokenizer
 
     name = config.tokenizer_name_or_path or config.base_model_name_or_path or base_model.name_or_path
+    if not name:  # a model built from a config names no folder or hub id
+        raise ConfigError(f"{field} needs a tokenizer and the base model names none: set tokenizer_name_or_path.")
     tokenizer = load_tokenizer(name, **(getattr(config, "tokenizer_kwargs", None) or {}))
     token_ids = tokenizer(getattr(config, field), add_special_tokens=False)["input_ids"]
     if not token_ids:
