@@ -265,13 +265,12 @@ def test_predictor_on_the_gpu_gives_the_cpu_probabilities(trained_adapters, dtyp
 # ---- a prefix started from a text, computed on the GPU ------------------------------------------------------
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_a_text_started_prefix_computed_on_the_gpu_reads_the_text_first(dtype, monkeypatch):
-    from softprompt import PrefixTuningConfig
-    from softprompt.methods import prompt_tuning
+    from softprompt import PrefixTuningConfig, models
 
     dtype, tolerance = DTYPES[dtype]
-    text = [5, 6, 7, 8]
-    monkeypatch.setattr(prompt_tuning, "init_text_ids", lambda config, base_model, field: list(text))
-    config = lambda: PrefixTuningConfig(num_virtual_tokens=4, prefix_init_text="a task description")  # noqa: E731
+    text = [5, 6, 7, 8]  # what the stub tokenizer reads the init text as
+    monkeypatch.setattr(models, "load_tokenizer", lambda name, **kwargs: lambda text_, **options: {"input_ids": list(text)})
+    config = lambda: PrefixTuningConfig(num_virtual_tokens=4, prefix_init_text="a task description", tokenizer_name_or_path="stub")  # noqa: E731
     on_cpu = get_peft_model(tiny_model("llama_gqa"), config())
     model = get_peft_model(tiny_model("llama_gqa").to(CUDA, dtype), config()).eval()  # the table computed there
     table = model.prompt_source.embedding.weight

@@ -14,22 +14,23 @@ from tiny_run import make_tiny_model_folder
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from softprompt import ConfigError, PeftModel, PrefixTuningConfig, get_peft_model
-from softprompt.methods import prompt_tuning
+from softprompt import models
 
 pytestmark = [  # PEFT's own calls
     pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning"),
     pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated:FutureWarning"),
 ]
-TEXT_IDS = [5, 6, 7]  # what the stub tokenizer below reads the init text as
+TEXT_IDS = [5, 6, 7]  # what the stub tokenizer below reads any init text as
 
 
 @pytest.fixture
 def stub_text(monkeypatch):
-    monkeypatch.setattr(prompt_tuning, "init_text_ids", lambda config, base_model, field: list(TEXT_IDS))
+    """A tokenizer that reads any text as TEXT_IDS (the tiny models have no tokenizer of their own)."""
+    monkeypatch.setattr(models, "load_tokenizer", lambda name, **kwargs: lambda text, **options: {"input_ids": list(TEXT_IDS)})
 
 
 def text_config(count=4, **options):
-    return PrefixTuningConfig(num_virtual_tokens=count, prefix_init_text="a task description", **options)
+    return PrefixTuningConfig(num_virtual_tokens=count, prefix_init_text="a task description", tokenizer_name_or_path="stub", **options)
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)

@@ -112,8 +112,7 @@ def text_prefix_table(config: PrefixTuningConfig, shape: ModelShape, base_model:
         raise ConfigError("prefix_init_text needs a decoder-only model (its keys and values are read off its cache); "
                           "leave it out for encoders and encoder-decoders.")
     count = config.num_virtual_tokens
-    token_ids = init_text_ids(config, base_model, field="prefix_init_text")
-    token_ids = (token_ids * -(-count // len(token_ids)))[:count]  # repeated or cut to P
+    token_ids = init_text_ids(config, base_model, count, field="prefix_init_text")
     device = base_model.get_input_embeddings().weight.device
     was_training = base_model.training
     base_model.eval()

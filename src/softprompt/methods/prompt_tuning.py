@@ -63,9 +63,7 @@ class PromptEmbedding(nn.Module):
         vocab = base_model.get_input_embeddings().weight.detach().float()  # [V, H]
         with torch.no_grad():
             if config.prompt_tuning_init == "TEXT":
-                token_ids = init_text_ids(config, base_model)
-                repeats = -(-num_virtual // len(token_ids))  # ceil
-                token_ids = (token_ids * repeats)[:num_virtual]
+                token_ids = init_text_ids(config, base_model, num_virtual)
                 self.embedding.weight.copy_(vocab[torch.tensor(token_ids, device=vocab.device)])
             elif config.prompt_tuning_init == "SAMPLE_VOCAB":
                 rows = torch.randint(0, vocab.shape[0], (num_virtual,), device=vocab.device)
@@ -77,8 +75,9 @@ class PromptEmbedding(nn.Module):
         return self.embedding.weight  # [P, H]
 
 
-def init_text_ids(config, base_model: nn.Module, field: str = "prompt_tuning_init_text") -> list[int]:
-    """The token ids of the config's init text (its field `field`), read with its tokenizer or the base model's."""
+def init_text_ids(config, base_model: nn.Module, count: int, field: str = "prompt_tuning_init_text") -> list[int]:
+    """The token ids of the config's init text (its field `field`), read with its tokenizer or the base model's,
+    repeated or cut to `count`."""
     from ..models import load_tokenizer
 
     name = config.tokenizer_name_or_path or config.base_model_name_or_path or base_model.name_or_path
@@ -88,4 +87,4 @@ def init_text_ids(config, base_model: nn.Module, field: str = "prompt_tuning_ini
     token_ids = tokenizer(getattr(config, field), add_special_tokens=False)["input_ids"]
     if not token_ids:
         raise ConfigError(f"{field}={getattr(config, field)!r} gives no tokens.")
-    return token_ids
+    return (token_ids * -(-count // len(token_ids)))[:count]  # ceil(count / tokens) copies, cut to count
