@@ -24,7 +24,10 @@ import time
 from pathlib import Path
 
 import torch
-from recipe_cv import DATA, folds, read_rows, unlabelled_sample
+from quality import TWITTER, unlabelled_texts
+from recipe_cv import folds, read_rows
+
+DATA = TWITTER.train.parent  # ../shared/data/twitter_complaints
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTION = "Is the author of this tweet complaining about a product or service?"
@@ -102,7 +105,7 @@ def main() -> None:
     path = Path(args.results)
     results = json.loads(path.read_text()) if path.is_file() else {"cv": [], "dev": []}
     rows = read_rows(DATA / "train.csv")
-    unlabelled = unlabelled_sample(200)
+    unlabelled = unlabelled_texts(TWITTER, 200)
     names = ["complaint", "no complaint"]
     if args.dev is None:
         for repeat in range(2):

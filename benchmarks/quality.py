@@ -87,11 +87,11 @@ def dev_rows(task: Task) -> list[dict]:
 
 
 def unlabelled_texts(task: Task, count: int) -> list[str]:
-    """`count` unlabelled test texts of the task that are not in its dev rows, the same for every run."""
+    """`count` unlabelled test texts of the task that are not among its dev rows, the same for every run."""
     from softprompt.data import load_table
 
     column = task_settings(task)[0]
-    dev = {r[column] for r in load_table(str(task.dev)).rows}
+    dev = {r[column] for r in dev_rows(task)}  # banking77: the 400 scored, not all 5000 gold rows (nearly all of test)
     texts = [r[column] for r in load_table(str(task.unlabelled)).rows if r[column] not in dev]
     return random.Random(0).sample(texts, count) if count else []
 

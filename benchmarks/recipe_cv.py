@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from quality import TASKS, Task, dev_rows, task_settings
+from quality import TASKS, Task, task_settings, unlabelled_texts
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTENT_FREE = ["N/A", "", "[MASK]"]
@@ -55,14 +55,6 @@ def folds(rows: list[dict], k: int, seed: int = 0, column: str = "Label") -> lis
     for n, i in enumerate(rare):
         out[n % k].append(i)
     return out
-
-
-def unlabelled_sample(task: Task, count: int, seed: int = 0) -> list[str]:
-    """`count` unlabelled test texts that are not among the task's dev rows (dev is a labelled sample of test)."""
-    column = task_settings(task)[0]
-    dev = {r[column] for r in dev_rows(task)}
-    texts = [r[column] for r in read_rows(task.unlabelled) if r[column] not in dev]
-    return random.Random(seed).sample(texts, count)
 
 
 def run_fold(task: Task, method: str, overrides: dict, repeat: int, fold: int, held: list[int], rows: list[dict], unlabelled: list[str], runs: Path) -> dict:
@@ -158,9 +150,10 @@ def main() -> None:
             if entry.get(name, {"task": "twitter_complaints", "folds": 2, "unlabelled": 200}[name]) != value:
                 raise SystemExit(f"{key} was run with {name}={entry.get(name)!r}: give another --name or --results.")
         rows = read_rows(task.train)
-        unlabelled = unlabelled_sample(task, args.unlabelled)
+        unlabelled = unlabelled_texts(task, args.unlabelled)
+        label_column = task_settings(task)[1]
         for repeat in range(args.repeats):
-            for fold, held in enumerate(folds(rows, args.folds, seed=repeat, column=task_settings(task)[1])):
+            for fold, held in enumerate(folds(rows, args.folds, seed=repeat, column=label_column)):
                 cached = [r for r in entry["runs"] if r["repeat"] == repeat and r["fold"] == fold]
                 if cached and cached[0].get("held", held) != held:
                     raise SystemExit(f"{key}: split {repeat} fold {fold} was run on other rows: give another --name.")
