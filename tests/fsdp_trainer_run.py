@@ -55,11 +55,15 @@ def main(out: Path, resume_from: Path | None) -> None:
         assert trainer.is_fsdp_enabled, "accelerate did not take the FSDP config"
         trainer.train(resume_from_checkpoint=str(resume_from / case / "checkpoint-1") if resume_from else None)
         trainer.save_model(str(out / case / "final"))
-    # Leave together, then without the interpreter's teardown: on CPU, torch's distributed threads at times
-    # abort it ("terminate called without an active exception") after all the work is written, even with the
-    # process group destroyed, and the launch then fails at random.
-    torch.distributed.barrier()
+    torch.distributed.barrier()  # leave together
     torch.distributed.destroy_process_group()
+    leave_without_teardown()
+
+
+def leave_without_teardown() -> None:
+    """Exit 0 now, skipping the interpreter's teardown: on CPU, torch's gloo threads at times abort it ("terminate
+    called without an active exception") after all the work is done, even with the process group destroyed, and
+    the run then fails at random. Call it only once everything has passed."""
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

@@ -24,6 +24,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 from softprompt import PrefixTuningConfig, PromptTuningConfig, get_peft_model
+from fsdp_trainer_run import leave_without_teardown
 from tiny_models import VOCAB, tiny_model
 
 WORLD = 2
@@ -96,11 +97,7 @@ def worker(rank: int, port: int) -> None:
             get_peft_model(base, PromptTuningConfig(num_virtual_tokens=2))
     finally:
         dist.destroy_process_group()
-    # leave without interpreter teardown: torch's gloo threads at times abort it on CPU ("terminate called without an
-    # active exception") after all checks passed; a failed check raised above and mp.spawn reports it
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    leave_without_teardown()  # a failed check raised above, and mp.spawn reports it
 
 
 def free_port() -> int:
