@@ -21,6 +21,7 @@ from accelerate.utils import DistributedType
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_trainer import arguments, make_model, rows
+from tiny_models import without_dropout
 
 from softprompt import Trainer
 
@@ -32,11 +33,7 @@ _init = accelerate.state.AcceleratorState.__init__
 
 def case_model(task: str, method: str):
     """test_trainer's model without dropout (BERT's), so that 2 ranks and 1 process see the same function."""
-    model = make_model(task, method)
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-    return model
+    return without_dropout(make_model(task, method))
 
 
 def init_with_fsdp_on_cpu(self, *args, fsdp_plugin=None, **kwargs):

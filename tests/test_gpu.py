@@ -23,6 +23,7 @@ from tiny_models import (
     left_padded_batch,
     tiny_model,
     trainable,
+    without_dropout,
 )
 
 from softprompt import PeftModel, Predictor, get_peft_model
@@ -51,14 +52,6 @@ def no_tf32():
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     yield
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
-
-
-def without_dropout(model):
-    """Train mode (cuDNN's LSTM backward needs it) with every dropout off, so two runs see the same network."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-    return model.train()
 
 
 def on_gpu(model, dtype):
@@ -116,7 +109,7 @@ def test_causal_lm_generate_on_the_gpu_equals_step_by_step_forward(method, arch,
 @pytest.mark.parametrize("method,arch", CAUSAL)
 def test_causal_lm_trains_the_prompt_only_on_the_gpu(method, arch, dtype):
     dtype, tolerance = DTYPES[dtype]
-    reference = without_dropout(causal(method, arch))
+    reference = without_dropout(causal(method, arch)).train()  # train mode: cuDNN's LSTM backward needs it
     model = copy.deepcopy(reference).to(CUDA)
     model.base_model.to(dtype)  # a frozen base in the dtype, the trained prompt kept in float32 (as PEFT does)
     frozen = {name: p.detach().clone() for name, p in model.base_model.named_parameters()}

@@ -21,7 +21,7 @@ from softprompt import (
 from softprompt.compat import PrefixCall, prefix_attention_context
 from transformers import AutoModelForSeq2SeqLM, BartConfig, T5Config
 
-from tiny_models import tiny_model
+from tiny_models import tiny_model, without_dropout
 
 pytestmark = [  # PEFT's own calls
     pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning"),
@@ -178,10 +178,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(arch, method):
     labels, label_mask, _ = labels_for((3, 2))
     grads = []
     for checkpointing in (False, True):
-        model = wrapped(arch, method).train()
-        for module in model.modules():
-            if isinstance(module, torch.nn.Dropout):
-                module.p = 0.0
+        model = without_dropout(wrapped(arch, method)).train()
         if checkpointing:
             model.gradient_checkpointing_enable()
         model(input_ids=ids, attention_mask=mask, labels=labels, decoder_attention_mask=label_mask).loss.backward()

@@ -69,6 +69,14 @@ METHODS = list(METHOD_CONFIGS)
 OWN_LOSS = {"cpt"}  # methods whose training loss is their own (CPT also scores the prompt's labels)
 
 
+def without_dropout(model):
+    """The model with every dropout off (train mode then runs the same network twice); returned for chaining."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    return model
+
+
 def trainable(model):
     """The prompt's trainable parameters (CPT keeps its example embeddings frozen)."""
     return [p for p in model.prompt_source.parameters() if p.requires_grad]
