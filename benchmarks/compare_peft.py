@@ -16,30 +16,18 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+# ../shared/data/twitter_complaints, its CSV rows and ru_maxrss: shared with encoder.py
+from encoder import DATA, peak_rss_mb, read_rows
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "twitter_complaints"
 LABELS = ["Unlabeled", "complaint", "no complaint"]
 INIT_TEXT = "Classify if the tweet is a complaint or not:"
 LEARNING_RATES = {"prompt_tuning": 3e-2, "p_tuning": 3e-2, "prefix_tuning": 1e-2}
-
-
-def read_rows(name: str, limit: int | None = None) -> list[dict]:
-    import csv
-
-    with open(DATA / name, newline="") as file:
-        rows = list(csv.DictReader(file))
-    return rows[:limit] if limit else rows
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def metrics_of(gold: list[int], predicted: list[int]) -> dict:
