@@ -115,18 +115,27 @@ def peft_guide_settings(task: Task) -> dict:
             "lr": 3e-2, "epochs": 50, "batch_size": 8, "weight_decay": 0.01, "max_grad_norm": 0, "balance_classes": False}
 
 
+def method_config(task: Task, method: str, settings: dict):
+    """configs/TASK/METHOD.yaml with `settings` on top; `peft_guide`: the task's prompt-tuning config with the guide's recipe."""
+    from softprompt.train import TrainConfig
+
+    if method == "peft_guide":
+        return TrainConfig.from_yaml(task.config("prompt_tuning"), {**peft_guide_settings(task), **settings})
+    return TrainConfig.from_yaml(task.config(method), settings)
+
+
 def rounded(log_probs: torch.Tensor) -> list[list[float]]:
     return [[round(v, 5) for v in row] for row in log_probs.log_softmax(-1).tolist()]
 
 
 def train_and_score(method: str, seed: int, overrides: dict, runs: Path, unlabelled: list[str] = (), task: Task = TWITTER) -> dict:
     from softprompt import Predictor
-    from softprompt.train import TrainConfig, train
+    from softprompt.train import train
 
     output_dir = runs / f"{method}-seed{seed}"
     settings = {"seed": seed, "train_file": str(task.train), "eval_file": None, "output_dir": str(output_dir), "progress": False,
                 "calibration": None, **overrides}
-    config = TrainConfig.from_yaml(task.config("prompt_tuning" if method == "peft_guide" else method), settings)
+    config = method_config(task, method, settings)
     started = time.time()
     train(config)
     seconds = time.time() - started
@@ -311,8 +320,6 @@ def main() -> None:
                 continue
             if method == "lora":
                 run = train_lora_and_score(seed, runs, unlabelled, task=task)
-            elif method == "peft_guide":
-                run = train_and_score(method, seed, peft_guide_settings(task), runs, unlabelled, task)
             else:
                 run = train_and_score(method, seed, overrides, runs, unlabelled, task)
             results["runs"].append(run)

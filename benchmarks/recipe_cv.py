@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/recipe_cv.py                                    # prompt_tuning as shipped, 5 folds
     .venv/bin/python benchmarks/recipe_cv.py --method prefix_tuning --name v2 --set lr=0.01 ...
     .venv/bin/python benchmarks/recipe_cv.py --task banking77 --method prefix_tuning --name shipped --unlabelled 100
+    .venv/bin/python benchmarks/recipe_cv.py --task tweet_eval_hate --method peft_guide    # PEFT's guide recipe (quality.py)
     .venv/bin/python benchmarks/recipe_cv.py --table                             # every candidate so far
 
 Each candidate (configs/TASK/METHOD.yaml plus overrides) trains on one of 2 stratified folds of the 50 train rows
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from quality import TASKS, Task, task_settings, unlabelled_texts
+from quality import TASKS, Task, method_config, task_settings, unlabelled_texts
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTENT_FREE = ["N/A", "", "[MASK]"]
@@ -59,7 +60,7 @@ def folds(rows: list[dict], k: int, seed: int = 0, column: str = "Label") -> lis
 
 def run_fold(task: Task, method: str, overrides: dict, repeat: int, fold: int, held: list[int], rows: list[dict], unlabelled: list[str], runs: Path) -> dict:
     from softprompt import Predictor
-    from softprompt.train import TrainConfig, train
+    from softprompt.train import train
 
     folder = runs / f"split{repeat}-fold{fold}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -70,7 +71,7 @@ def run_fold(task: Task, method: str, overrides: dict, repeat: int, fold: int, h
         writer.writerows(r for i, r in enumerate(rows) if i not in set(held))
     settings = {"seed": 42, "eval_file": None, "output_dir": str(folder), "progress": False, "calibration": None, **overrides,
                 "train_file": str(train_csv)}  # calibration: compared below on the same runs
-    config = TrainConfig.from_yaml(task.config(method), settings)
+    config = method_config(task, method, settings)  # peft_guide: PEFT's guide recipe on the task's prompt-tuning config
     column, label_column, label_names = task_settings(task)
     started = time.time()
     train(config, resume=True)  # a fold trained before (e.g. a crash while scoring) is reused from its checkpoint
