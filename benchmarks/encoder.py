@@ -92,7 +92,8 @@ def same_job(library: str, method: str, batching: str, epochs: int | None, dev_l
     from softprompt.train import TrainConfig, epoch_examples
     from transformers import AutoModelForSequenceClassification, get_linear_schedule_with_warmup
 
-    config = TrainConfig.from_yaml(config_file(method), {"eval_file": None, "seed": seed, **({"epochs": epochs} if epochs else {})})
+    config = TrainConfig.from_yaml(config_file(method), {"train_file": str(DATA / "train.csv"), "eval_file": None, "seed": seed,
+                                                         **({"epochs": epochs} if epochs else {})})
     tokenizer = load_tokenizer(config.model)
     encoder = Encoder(tokenizer, config.task, config.task.label_names)
     train_examples = [encoder.encode(row) for row in read_rows("train.csv")]
@@ -165,7 +166,8 @@ def shipped_config(method: str, epochs: int | None, dev_limit: int | None, seed:
     from softprompt.train import TrainConfig, epoch_examples, train
 
     with tempfile.TemporaryDirectory() as folder:
-        overrides = {"eval_file": None, "output_dir": folder, "progress": False, "seed": seed, **({"epochs": epochs} if epochs else {})}
+        overrides = {"train_file": str(DATA / "train.csv"), "eval_file": None, "output_dir": folder, "progress": False, "seed": seed,
+                     **({"epochs": epochs} if epochs else {})}
         config = TrainConfig.from_yaml(config_file(method), overrides)
         train(config)
         history = [json.loads(line) for line in (Path(folder) / "metrics.jsonl").read_text().splitlines()]
