@@ -55,6 +55,15 @@ class TaskSpec:
             return self.template
         return " ".join(f"{column} : {{{column}}}" for column in self.text_columns) + " Label : "
 
+    def template_fields(self) -> list[str]:
+        """The text columns the template reads, in order; a DataError if it reads one that is not a text column."""
+        template = self.prompt_template()
+        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+        missing = [name for name in fields if name not in self.text_columns]
+        if missing:
+            raise DataError(f"The template {template!r} uses {missing}, which are not among text_columns {self.text_columns}.")
+        return fields
+
     def label_text(self, name: str) -> str:
         return (self.verbalizer or {}).get(name, name)
 
@@ -222,11 +231,7 @@ class Encoder:
         self.classes = [i for i, name in enumerate(label_names) if name.strip().lower() != UNLABELED]
         self.class_names = [label_names[i] for i in self.classes]
         self.template = spec.prompt_template()
-        fields = [name for _, name, _, _ in string.Formatter().parse(self.template) if name is not None]
-        missing = [name for name in fields if name not in spec.text_columns]
-        if missing:
-            raise DataError(f"The template {self.template!r} uses {missing}, which are not among text_columns {spec.text_columns}.")
-        self.fields = fields
+        self.fields = spec.template_fields()
         self.eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
         self.label_tokens = spec.task_type != "SEQ_CLS"  # a classification head needs no label words
 
