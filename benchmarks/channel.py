@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from quality import TWITTER, unlabelled_texts
 from recipe_cv import folds, read_rows
 
@@ -39,19 +40,25 @@ def channel_parts(tokenizer, config, texts: list[str]) -> tuple[list[list[int]],
     names = [name for name in config.task.label_names if name != "Unlabeled"]
     prefixes = [tokenizer(CHANNEL_PREFIX.format(label=config.task.verbalizer[name]))["input_ids"] for name in names]
     room = config.task.max_length - max(len(p) for p in prefixes) - 1
-    return prefixes, [tokenizer(" " + text, add_special_tokens=False)["input_ids"][:room] + [tokenizer.eos_token_id] for text in texts]
+    return prefixes, [
+        tokenizer(" " + text, add_special_tokens=False)["input_ids"][:room] + [tokenizer.eos_token_id] for text in texts
+    ]
 
 
 def train_channel(rows: list[dict], seed: int, **overrides):
     """A prompt-tuning model trained on the channel rows of `rows` (class positions from LABELS)."""
-    from softprompt import get_peft_model
-    from softprompt.data import Example, length_grouped_batches
-    from softprompt.models import load_base_model, load_tokenizer
-    from softprompt.tasks import LabelScoring
-    from softprompt.train import TrainConfig, epoch_examples
     from transformers import get_linear_schedule_with_warmup
 
-    config = TrainConfig.from_yaml(ROOT / "configs" / "twitter_complaints" / "prompt_tuning.yaml", {"seed": seed, "calibration": None, **overrides})
+    from softprompt import get_peft_model
+    from softprompt.base_models import load_base_model, load_tokenizer
+    from softprompt.data import Example, length_grouped_batches
+    from softprompt.task_types.causal_lm import LabelScoring
+    from softprompt.training import TrainConfig
+    from softprompt.training.examples import epoch_examples
+
+    config = TrainConfig.from_yaml(
+        ROOT / "configs" / "twitter_complaints" / "prompt_tuning.yaml", {"seed": seed, "calibration": None, **overrides}
+    )
     torch.manual_seed(seed)
     tokenizer = load_tokenizer(config.model)
     prefixes, texts = channel_parts(tokenizer, config, [r["Tweet text"] for r in rows])
@@ -59,14 +66,18 @@ def train_channel(rows: list[dict], seed: int, **overrides):
     examples = [Example(prefixes[k], text, k, False, "") for k, text in zip(labels, texts)]
     task = LabelScoring(examples)
     model = get_peft_model(load_base_model(config.model), config.method_config())
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay
+    )
     steps = math.ceil(len(epoch_examples(examples, config, 0)) / config.batch_size) * config.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, 0, steps)
     for epoch in range(config.epochs):
         torch.manual_seed(config.seed + epoch)
         epoch_rows = epoch_examples(examples, config, epoch)
         model.train()
-        for batch_rows in length_grouped_batches([len(e.prompt_ids) + len(e.target_ids) for e in epoch_rows], config.batch_size, config.seed + epoch):
+        for batch_rows in length_grouped_batches(
+            [len(e.prompt_ids) + len(e.target_ids) for e in epoch_rows], config.batch_size, config.seed + epoch
+        ):
             loss = task.loss(model, task.collate([epoch_rows[i] for i in batch_rows], tokenizer.pad_token_id))
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
@@ -79,12 +90,14 @@ def train_channel(rows: list[dict], seed: int, **overrides):
 @torch.no_grad()
 def channel_log_probs(model, tokenizer, config, texts: list[str]) -> list[list[float]]:
     """[N, K] log-softmax over the classes of log p(text | prefix of class k)."""
-    from softprompt.evaluate import score_rows
+    from softprompt.task_types.causal_lm import score_rows
 
     prefixes, encoded = channel_parts(tokenizer, config, texts)
     prompts = [prefix for _ in encoded for prefix in prefixes]  # row-major: each text under each class
     continuations = [[text] for text in encoded for _ in prefixes]
-    scores = score_rows(model, prompts, continuations, tokenizer.pad_token_id, progress=False)[:, 0].view(len(texts), len(prefixes))
+    scores = score_rows(model, prompts, continuations, tokenizer.pad_token_id, progress=False)[:, 0].view(
+        len(texts), len(prefixes)
+    )
     return [[round(v, 5) for v in row] for row in scores.log_softmax(-1).tolist()]
 
 
@@ -114,31 +127,46 @@ def main() -> None:
                     continue
                 started = time.time()
                 model, tokenizer, config = train_channel([r for i, r in enumerate(rows) if i not in set(held)], seed=42)
-                results["cv"].append({
-                    "repeat": repeat, "fold": fold, "class_names": names, "gold": [int(rows[i]["Label"]) - 1 for i in held],
-                    "held_log_probs": channel_log_probs(model, tokenizer, config, [rows[i]["Tweet text"] for i in held]),
-                    "unlabelled_log_probs": channel_log_probs(model, tokenizer, config, unlabelled),
-                    "content_free_log_probs": [[0.0, 0.0]], "seconds": round(time.time() - started, 1),
-                })
+                results["cv"].append(
+                    {
+                        "repeat": repeat,
+                        "fold": fold,
+                        "class_names": names,
+                        "gold": [int(rows[i]["Label"]) - 1 for i in held],
+                        "held_log_probs": channel_log_probs(
+                            model, tokenizer, config, [rows[i]["Tweet text"] for i in held]
+                        ),
+                        "unlabelled_log_probs": channel_log_probs(model, tokenizer, config, unlabelled),
+                        "content_free_log_probs": [[0.0, 0.0]],
+                        "seconds": round(time.time() - started, 1),
+                    }
+                )
                 path.write_text(json.dumps(results))
                 print(f"split {repeat} fold {fold}: channel {summary(results['cv'])}", flush=True)
     else:
-        from softprompt.calibration import calibrate, estimate_prior
-        from softprompt.evaluate import classification_metrics
+        from softprompt.inference.calibration import calibrate, estimate_prior
+        from softprompt.inference.metrics import classification_metrics
 
         dev = read_rows(DATA / "dev.csv")
         gold = [int(r["Label"]) - 1 for r in dev]
         for seed in args.dev:
             if not any(r["seed"] == seed for r in results["dev"]):
                 model, tokenizer, config = train_channel(rows, seed)
-                results["dev"].append({"seed": seed, "log_probs": channel_log_probs(model, tokenizer, config, [r["Tweet text"] for r in dev])})
+                results["dev"].append(
+                    {
+                        "seed": seed,
+                        "log_probs": channel_log_probs(model, tokenizer, config, [r["Tweet text"] for r in dev]),
+                    }
+                )
                 path.write_text(json.dumps(results))
         for run in results["dev"]:
             p = torch.tensor(run["log_probs"]).exp()
             plain = classification_metrics(gold, p.argmax(-1).tolist(), names)["macro_f1"]
             prior = classification_metrics(gold, calibrate(p, estimate_prior(p)).argmax(-1).tolist(), names)["macro_f1"]
             print(f"dev seed {run['seed']}: channel macro-F1 {plain:.3f} plain, {prior:.3f} + prior (dev texts)")
-    direct = json.loads((ROOT / "benchmarks" / "results" / "recipe_cv.json").read_text())["candidates"]["prompt_tuning/shipped"]["runs"]
+    direct = json.loads((ROOT / "benchmarks" / "results" / "recipe_cv.json").read_text())["candidates"][
+        "prompt_tuning/shipped"
+    ]["runs"]
     if results["cv"]:
         print("held-out macro-F1, 2 splits x 2 folds of train.csv:")
         print(f"  direct  (recipe_cv.py, shipped prompt tuning): {summary(direct)}")

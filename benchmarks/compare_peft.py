@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+
 # ../shared/data/twitter_complaints, its CSV rows and ru_maxrss: shared with encoder.py
 from encoder import DATA, peak_rss_mb, read_rows
 
@@ -31,7 +32,7 @@ LEARNING_RATES = {"prompt_tuning": 3e-2, "p_tuning": 3e-2, "prefix_tuning": 1e-2
 
 
 def metrics_of(gold: list[int], predicted: list[int]) -> dict:
-    from softprompt.evaluate import classification_metrics
+    from softprompt.inference.metrics import classification_metrics
 
     m = classification_metrics(gold, predicted, LABELS[1:])
     return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "unmatched": m["unmatched"]}
@@ -40,20 +41,26 @@ def metrics_of(gold: list[int], predicted: list[int]) -> dict:
 # ---- PEFT, as in its guide ---------------------------------------------------------------------
 def run_peft(method: str, epochs: int, dev_limit: int | None, seed: int) -> dict:
     import peft
-    from softprompt import load_base_model, load_tokenizer
-    from softprompt.evaluate import match_label
-    from softprompt.models import resolve
     from transformers import get_linear_schedule_with_warmup
+
+    from softprompt import load_base_model, load_tokenizer
+    from softprompt.base_models import resolve
+    from softprompt.task_types.causal_lm import match_label
 
     torch.manual_seed(seed)
     tokenizer = load_tokenizer("smollm2-135m")
     model = load_base_model("smollm2-135m")
     configs = {
         "prompt_tuning": lambda: peft.PromptTuningConfig(
-            task_type="CAUSAL_LM", prompt_tuning_init="TEXT", num_virtual_tokens=20,
-            prompt_tuning_init_text=INIT_TEXT, tokenizer_name_or_path=resolve("smollm2-135m"),
+            task_type="CAUSAL_LM",
+            prompt_tuning_init="TEXT",
+            num_virtual_tokens=20,
+            prompt_tuning_init_text=INIT_TEXT,
+            tokenizer_name_or_path=resolve("smollm2-135m"),
         ),
-        "p_tuning": lambda: peft.PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=20, encoder_hidden_size=128),
+        "p_tuning": lambda: peft.PromptEncoderConfig(
+            task_type="CAUSAL_LM", num_virtual_tokens=20, encoder_hidden_size=128
+        ),
         "prefix_tuning": lambda: peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=20),
     }
     model = peft.get_peft_model(model, configs[method]())
@@ -80,7 +87,9 @@ def run_peft(method: str, epochs: int, dev_limit: int | None, seed: int) -> dict
         started = time.perf_counter()
         for start in range(0, len(order), batch_size):
             rows = [train[i] for i in order[start : start + batch_size]]
-            batch = {k: torch.tensor([r[j] for r in rows]) for j, k in enumerate(("input_ids", "attention_mask", "labels"))}
+            batch = {
+                k: torch.tensor([r[j] for r in rows]) for j, k in enumerate(("input_ids", "attention_mask", "labels"))
+            }
             real_tokens += int(batch["attention_mask"].sum())
             loss = model(**batch).loss
             loss.backward()
@@ -97,7 +106,9 @@ def run_peft(method: str, epochs: int, dev_limit: int | None, seed: int) -> dict
         ids = torch.tensor([r[0] for r in rows])
         mask = torch.tensor([r[1] for r in rows])
         with torch.no_grad():
-            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=10, eos_token_id=tokenizer.eos_token_id)
+            out = model.generate(
+                input_ids=ids, attention_mask=mask, max_new_tokens=10, eos_token_id=tokenizer.eos_token_id
+            )
         texts = tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
         predicted += [match_label(t, LABELS[1:]) for t in texts]
     classify_seconds = time.perf_counter() - started
@@ -112,11 +123,11 @@ def run_peft(method: str, epochs: int, dev_limit: int | None, seed: int) -> dict
 
 # ---- softprompt, with its defaults -------------------------------------------------------------
 def run_softprompt(method: str, epochs: int, dev_limit: int | None, seed: int, workdir: Path) -> dict:
-    from softprompt.data import Encoder, TaskSpec
-    from softprompt.evaluate import classify_by_generation, score_labels
-    from softprompt.model import PeftModel
-    from softprompt.models import load_base_model, load_tokenizer
-    from softprompt.train import TrainConfig, train
+    from softprompt.base_models import load_base_model, load_tokenizer
+    from softprompt.core import PeftModel
+    from softprompt.data import RowTokenizer, TaskSpec
+    from softprompt.task_types.causal_lm import classify_by_generation, score_labels
+    from softprompt.training import TrainConfig, train
 
     options = {"num_virtual_tokens": 20}
     if method == "prompt_tuning":
@@ -131,19 +142,27 @@ def run_softprompt(method: str, epochs: int, dev_limit: int | None, seed: int, w
         writer = csv.DictWriter(file, fieldnames=list(dev[0]))
         writer.writeheader()
         writer.writerows(dev)
-    config = TrainConfig.from_dict({
-        "model": "smollm2-135m", "method": method, "method_options": options,
-        "train_file": str(DATA / "train.csv"),
-        "task": {"label_names": LABELS, "max_length": 64},
-        "epochs": epochs, "lr": LEARNING_RATES[method], "batch_size": 16, "seed": seed,
-        "output_dir": str(workdir / method), "progress": False,
-    })
+    config = TrainConfig.from_dict(
+        {
+            "model": "smollm2-135m",
+            "method": method,
+            "method_options": options,
+            "train_file": str(DATA / "train.csv"),
+            "task": {"label_names": LABELS, "max_length": 64},
+            "epochs": epochs,
+            "lr": LEARNING_RATES[method],
+            "batch_size": 16,
+            "seed": seed,
+            "output_dir": str(workdir / method),
+            "progress": False,
+        }
+    )
     history_file = workdir / method / "metrics.jsonl"
     train(config)
     history = [json.loads(line) for line in history_file.read_text().splitlines()]
     tokenizer = load_tokenizer("smollm2-135m")
     spec = TaskSpec(label_names=LABELS, max_length=64)
-    encoder = Encoder(tokenizer, spec, LABELS)
+    encoder = RowTokenizer(tokenizer, spec, LABELS)
     train_examples = [encoder.encode(r) for r in read_rows("train.csv")]
     real_tokens = sum(len(e.prompt_ids) + len(e.target_ids) for e in train_examples)
     model = PeftModel.from_pretrained(load_base_model("smollm2-135m"), workdir / method / "adapter")
@@ -177,12 +196,14 @@ def table(results: dict) -> str:
                     c = r[how]
                     lines.append(
                         f"| {method} | {library} | {r['seconds_per_epoch']:.1f} | {r['real_tokens_per_second']:.0f} | "
-                        f"{c['seconds']:.1f} ({how}) | {c['accuracy']:.3f} | {c['macro_f1']:.3f} | {r['peak_rss_mb']:,.0f} |"
+                        f"{c['seconds']:.1f} ({how}) | {c['accuracy']:.3f} | {c['macro_f1']:.3f} | "
+                        f"{r['peak_rss_mb']:,.0f} |"
                     )
         if {"peft", "softprompt"} <= set(libraries):
             p, s = libraries["peft"], libraries["softprompt"]
             lines.append(
-                f"| {method} | **ratio** softprompt/PEFT | {p['seconds_per_epoch'] / s['seconds_per_epoch']:.2f}x faster | "
+                f"| {method} | **ratio** softprompt/PEFT | "
+                f"{p['seconds_per_epoch'] / s['seconds_per_epoch']:.2f}x faster | "
                 f"{s['real_tokens_per_second'] / p['real_tokens_per_second']:.2f}x | "
                 f"{p['generation']['seconds'] / s['scoring']['seconds']:.2f}x faster (scoring vs PEFT generate) | | | "
                 f"{s['peak_rss_mb'] / p['peak_rss_mb']:.2f}x |"
@@ -227,17 +248,36 @@ def main() -> int:
 
     results = {
         "command": " ".join(["python"] + sys.argv),
-        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(), "python": platform.python_version()},
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "python": platform.python_version(),
+        },
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
-        "epochs": args.epochs, "dev_tweets": args.dev_limit or 400, "runs": {},
+        "epochs": args.epochs,
+        "dev_tweets": args.dev_limit or 400,
+        "runs": {},
     }
-    out = Path(args.out or Path(__file__).parent / "results" / ("quick.json" if args.quick else f"epochs{args.epochs}.json"))
+    out = Path(
+        args.out or Path(__file__).parent / "results" / ("quick.json" if args.quick else f"epochs{args.epochs}.json")
+    )
     for index, method in enumerate(args.methods):
         order = ["peft", "softprompt"] if index % 2 == 0 else ["softprompt", "peft"]  # alternate who goes first
         for library in order:
             worker_out = out.with_suffix(f".{library}.{method}.tmp")
-            command = [sys.executable, __file__, "--worker", library, method, "--worker-out", str(worker_out),
-                       "--epochs", str(args.epochs), "--seed", str(args.seed)]
+            command = [
+                sys.executable,
+                __file__,
+                "--worker",
+                library,
+                method,
+                "--worker-out",
+                str(worker_out),
+                "--epochs",
+                str(args.epochs),
+                "--seed",
+                str(args.seed),
+            ]
             if args.dev_limit:
                 command += ["--dev-limit", str(args.dev_limit)]
             print(f"running {library} {method} ...", flush=True)

@@ -86,48 +86,74 @@ def same_job(library: str, method: str, batching: str, epochs: int | None, dev_l
     (shuffled, then rows of similar length batched together); "shuffled": PEFT's sequence classification example
     (a shuffled DataLoader and DataCollatorWithPadding, each batch padded to its longest row)."""
     import torch
-    from softprompt.data import Encoder, length_grouped_batches, sorted_batches
-    from softprompt.models import load_base_model, load_tokenizer
-    from softprompt.tasks import SequenceClassification
-    from softprompt.train import TrainConfig, epoch_examples
     from transformers import AutoModelForSequenceClassification, get_linear_schedule_with_warmup
 
-    config = TrainConfig.from_yaml(config_file(method), {"train_file": str(DATA / "train.csv"), "eval_file": None, "seed": seed,
-                                                         **({"epochs": epochs} if epochs else {})})
+    from softprompt.base_models import load_base_model, load_tokenizer
+    from softprompt.data import RowTokenizer, length_grouped_batches, sorted_batches
+    from softprompt.task_types.seq_cls import HeadClassification as SequenceClassification
+    from softprompt.training import TrainConfig
+    from softprompt.training.examples import epoch_examples
+
+    config = TrainConfig.from_yaml(
+        config_file(method),
+        {
+            "train_file": str(DATA / "train.csv"),
+            "eval_file": None,
+            "seed": seed,
+            **({"epochs": epochs} if epochs else {}),
+        },
+    )
     tokenizer = load_tokenizer(config.model)
-    encoder = Encoder(tokenizer, config.task, config.task.label_names)
+    encoder = RowTokenizer(tokenizer, config.task, config.task.label_names)
     train_examples = [encoder.encode(row) for row in read_rows("train.csv")]
     dev_examples = [encoder.encode(row) for row in read_rows("dev.csv", dev_limit)]
     torch.manual_seed(seed)
-    base = load_base_model(config.model, auto_class=AutoModelForSequenceClassification, num_labels=len(encoder.class_names))
-    options = {key: value for key, value in config.method_options.items() if key not in ("pooling", "head_init")}  # PEFT's defaults
+    base = load_base_model(
+        config.model, auto_class=AutoModelForSequenceClassification, num_labels=len(encoder.class_names)
+    )
+    options = {
+        key: value for key, value in config.method_options.items() if key not in ("pooling", "head_init")
+    }  # PEFT's defaults
     torch.manual_seed(seed + 1)
     if library == "peft":
         import peft
 
-        classes = {"prompt_tuning": peft.PromptTuningConfig, "p_tuning": peft.PromptEncoderConfig, "prefix_tuning": peft.PrefixTuningConfig}
+        classes = {
+            "prompt_tuning": peft.PromptTuningConfig,
+            "p_tuning": peft.PromptEncoderConfig,
+            "prefix_tuning": peft.PrefixTuningConfig,
+        }
         model = peft.get_peft_model(base, classes[method](task_type="SEQ_CLS", **options))
     else:
-        from softprompt import get_peft_model
-        from softprompt.methods import config_class_for
+        from softprompt import get_peft_model, registry
 
-        model = get_peft_model(base, config_class_for(method)(task_type="SEQ_CLS", **options))
+        model = get_peft_model(base, registry.method(method).config_class(task_type="SEQ_CLS", **options))
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
     batches_per_epoch = -(-len(epoch_examples(train_examples, config, 0)) // config.batch_size)
     scheduler = get_linear_schedule_with_warmup(optimizer, 0, batches_per_epoch * config.epochs)
     pad = tokenizer.pad_token_id
     rows, seconds, real_tokens, padded_tokens = 0, 0.0, 0, 0
-    result = {"library": library, "method": method, "batching": batching, "options": options, "lr": config.lr, "epochs": config.epochs,
-              "batch_size": config.batch_size, "balance_classes": config.balance_classes,
-              "trainable_parameters": sum(p.numel() for p in trainable)}
+    result = {
+        "library": library,
+        "method": method,
+        "batching": batching,
+        "options": options,
+        "lr": config.lr,
+        "epochs": config.epochs,
+        "batch_size": config.batch_size,
+        "balance_classes": config.balance_classes,
+        "trainable_parameters": sum(p.numel() for p in trainable),
+    }
     try:
         for epoch in range(config.epochs):
             torch.manual_seed(seed + epoch)
             epoch_rows = epoch_examples(train_examples, config, epoch)
             model.train()
             if batching == "grouped":
-                batches = length_grouped_batches([len(e.prompt_ids) for e in epoch_rows], config.batch_size, seed + epoch)
+                batches = length_grouped_batches(
+                    [len(e.prompt_ids) for e in epoch_rows], config.batch_size, seed + epoch
+                )
             else:
                 order = torch.randperm(len(epoch_rows), generator=torch.Generator().manual_seed(seed + epoch)).tolist()
                 batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
@@ -154,36 +180,62 @@ def same_job(library: str, method: str, batching: str, epochs: int | None, dev_l
             logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
             for i, row in zip(batch, logits.argmax(-1).tolist()):
                 predicted[i] = row
-    return {**result, "train_rows": rows, "train_seconds": seconds, "examples_per_second": rows / seconds,
-            "real_tokens": real_tokens, "padded_tokens": padded_tokens,
-            "peak_rss_mb": peak_rss_mb(), **macro_f1([e.label for e in dev_examples], predicted)}
+    return {
+        **result,
+        "train_rows": rows,
+        "train_seconds": seconds,
+        "examples_per_second": rows / seconds,
+        "real_tokens": real_tokens,
+        "padded_tokens": padded_tokens,
+        "peak_rss_mb": peak_rss_mb(),
+        **macro_f1([e.label for e in dev_examples], predicted),
+    }
 
 
 def shipped_config(method: str, epochs: int | None, dev_limit: int | None, seed: int) -> dict:
     """What a user runs: softprompt train on the shipped config, then the Predictor on dev."""
     from softprompt import Predictor
-    from softprompt.data import Encoder, load_table
-    from softprompt.train import TrainConfig, epoch_examples, train
+    from softprompt.data import RowTokenizer, load_table
+    from softprompt.training import TrainConfig, train
+    from softprompt.training.examples import epoch_examples
 
     with tempfile.TemporaryDirectory() as folder:
-        overrides = {"train_file": str(DATA / "train.csv"), "eval_file": None, "output_dir": folder, "progress": False, "seed": seed,
-                     **({"epochs": epochs} if epochs else {})}
+        overrides = {
+            "train_file": str(DATA / "train.csv"),
+            "eval_file": None,
+            "output_dir": folder,
+            "progress": False,
+            "seed": seed,
+            **({"epochs": epochs} if epochs else {}),
+        }
         config = TrainConfig.from_yaml(config_file(method), overrides)
         train(config)
         history = [json.loads(line) for line in (Path(folder) / "metrics.jsonl").read_text().splitlines()]
         predictor = Predictor.from_pretrained(str(Path(folder) / "adapter"), device="cpu")
         dev = read_rows("dev.csv", dev_limit)
-        encoder = predictor.task()
+        encoder = predictor.row_tokenizer()
         gold = [encoder.class_names.index(config.task.label_names[int(row["Label"])]) for row in dev]
         predicted = predictor.probabilities(dev).argmax(-1).tolist()
-        examples = Encoder(predictor.tokenizer, config.task, config.task.label_names).encode_table(load_table(config.train_file))
+        examples = RowTokenizer(predictor.tokenizer, config.task, config.task.label_names).encode_table(
+            load_table(config.train_file)
+        )
         rows = sum(len(epoch_examples(examples, config, epoch)) for epoch in range(len(history)))
         seconds = sum(h["seconds"] for h in history)
         options = dict(config.method_options)
-    return {"library": "softprompt train", "method": method, "options": options, "lr": config.lr, "epochs": config.epochs,
-            "batch_size": config.batch_size, "balance_classes": config.balance_classes, "train_rows": rows,
-            "train_seconds": seconds, "examples_per_second": rows / seconds, "peak_rss_mb": peak_rss_mb(),
-            **macro_f1(gold, predicted)}
+    return {
+        "library": "softprompt train",
+        "method": method,
+        "options": options,
+        "lr": config.lr,
+        "epochs": config.epochs,
+        "batch_size": config.batch_size,
+        "balance_classes": config.balance_classes,
+        "train_rows": rows,
+        "train_seconds": seconds,
+        "examples_per_second": rows / seconds,
+        "peak_rss_mb": peak_rss_mb(),
+        **macro_f1(gold, predicted),
+    }
 
 
 def setfit_child(folder: str, dev_limit: int | None, seed: int, quick: bool) -> dict:
@@ -192,7 +244,9 @@ def setfit_child(folder: str, dev_limit: int | None, seed: int, quick: bool) -> 
     from setfit import SetFitModel, Trainer, TrainingArguments
 
     train_rows, dev = read_rows("train.csv"), read_rows("dev.csv", dev_limit)
-    train_set = Dataset.from_dict({"text": [r["Tweet text"] for r in train_rows], "label": [int(r["Label"]) - 1 for r in train_rows]})
+    train_set = Dataset.from_dict(
+        {"text": [r["Tweet text"] for r in train_rows], "label": [int(r["Label"]) - 1 for r in train_rows]}
+    )
     model = SetFitModel.from_pretrained(folder)
     with tempfile.TemporaryDirectory(prefix="setfit-") as output_dir:  # defaults, but checkpoints not in ./checkpoints
         args = TrainingArguments(output_dir=output_dir, seed=seed, **({"max_steps": 10} if quick else {}))
@@ -203,15 +257,22 @@ def setfit_child(folder: str, dev_limit: int | None, seed: int, quick: bool) -> 
     predicted = [int(p) for p in model.predict([r["Tweet text"] for r in dev])]
     import setfit
 
-    return {"library": "SetFit", "version": setfit.__version__, "arguments": "defaults" + (" (quick: max_steps 10)" if quick else ""),
-            "train_seconds": seconds, "peak_rss_mb": peak_rss_mb(), **macro_f1([int(r["Label"]) - 1 for r in dev], predicted)}
+    return {
+        "library": "SetFit",
+        "version": setfit.__version__,
+        "arguments": "defaults" + (" (quick: max_steps 10)" if quick else ""),
+        "train_seconds": seconds,
+        "peak_rss_mb": peak_rss_mb(),
+        **macro_f1([int(r["Label"]) - 1 for r in dev], predicted),
+    }
 
 
 def probe_child(dev_limit: int | None) -> dict:
     """Logistic regression on the frozen encoder's mean-pooled, L2-normalised embeddings."""
     import torch
-    from softprompt.models import load_tokenizer, resolve
     from transformers import AutoModel
+
+    from softprompt.base_models import load_tokenizer, resolve
 
     folder = resolve("all-minilm-l6-v2")
     tokenizer, model = load_tokenizer("all-minilm-l6-v2"), AutoModel.from_pretrained(folder).eval()
@@ -220,8 +281,13 @@ def probe_child(dev_limit: int | None) -> dict:
         out = []
         with torch.no_grad():
             for start in range(0, len(rows), 32):
-                batch = tokenizer([r["Tweet text"] for r in rows[start : start + 32]], padding=True, truncation=True,
-                                  max_length=128, return_tensors="pt")
+                batch = tokenizer(
+                    [r["Tweet text"] for r in rows[start : start + 32]],
+                    padding=True,
+                    truncation=True,
+                    max_length=128,
+                    return_tensors="pt",
+                )
                 hidden = model(**batch).last_hidden_state
                 mask = batch["attention_mask"].unsqueeze(-1).float()
                 out.append(torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1))
@@ -236,12 +302,22 @@ def probe_child(dev_limit: int | None) -> dict:
         try:
             from sklearn.linear_model import LogisticRegression
 
-            fitted = LogisticRegression(max_iter=1000, class_weight="balanced" if balanced else None).fit(x_train.numpy(), y_train)
+            fitted = LogisticRegression(max_iter=1000, class_weight="balanced" if balanced else None).fit(
+                x_train.numpy(), y_train
+            )
             predicted, how = fitted.predict(x_dev.numpy()).tolist(), "sklearn LogisticRegression(C=1)"
         except ImportError:
-            predicted, how = torch_logistic_regression(x_train, torch.tensor(y_train), x_dev, balanced), "torch LBFGS, C=1"
+            predicted, how = (
+                torch_logistic_regression(x_train, torch.tensor(y_train), x_dev, balanced),
+                "torch LBFGS, C=1",
+            )
         results[name] = {"how": how + (", class_weight=balanced" if balanced else ""), **macro_f1(gold, predicted)}
-    return {"library": "logistic regression", "seconds": time.perf_counter() - started, "peak_rss_mb": peak_rss_mb(), **results}
+    return {
+        "library": "logistic regression",
+        "seconds": time.perf_counter() - started,
+        "peak_rss_mb": peak_rss_mb(),
+        **results,
+    }
 
 
 def torch_logistic_regression(x, y, x_test, balanced: bool) -> list[int]:
@@ -270,9 +346,10 @@ def overhead_child(seed: int) -> dict:
     must do). Milliseconds per step, best of 3 rounds of 20 steps after 3 warm-up steps."""
     import peft
     import torch
-    from softprompt import PromptEncoderConfig, PromptTuningConfig, get_peft_model
-    from softprompt.models import load_base_model
     from transformers import AutoModelForSequenceClassification
+
+    from softprompt import PromptEncoderConfig, PromptTuningConfig, get_peft_model
+    from softprompt.base_models import load_base_model
 
     rows, length, virtual = 8, 40, 10
     generator = torch.Generator().manual_seed(seed)
@@ -290,6 +367,7 @@ def overhead_child(seed: int) -> dict:
             model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
             optimizer.step()
             optimizer.zero_grad()
+
         return step
 
     def milliseconds(step) -> float:
@@ -304,10 +382,16 @@ def overhead_child(seed: int) -> dict:
         return round(best * 1000, 1)
 
     result = {"rows": rows, "tokens": length, "virtual_tokens": virtual}
-    for method, ours, theirs, extra in (("prompt_tuning", PromptTuningConfig, peft.PromptTuningConfig, {}),
-                                        ("p_tuning", PromptEncoderConfig, peft.PromptEncoderConfig, {"encoder_hidden_size": 128})):
-        softprompt_model = get_peft_model(base(), ours(task_type="SEQ_CLS", num_virtual_tokens=virtual, **extra)).train()
-        peft_model = peft.get_peft_model(base(), theirs(task_type="SEQ_CLS", num_virtual_tokens=virtual, **extra)).train()
+    for method, ours, theirs, extra in (
+        ("prompt_tuning", PromptTuningConfig, peft.PromptTuningConfig, {}),
+        ("p_tuning", PromptEncoderConfig, peft.PromptEncoderConfig, {"encoder_hidden_size": 128}),
+    ):
+        softprompt_model = get_peft_model(
+            base(), ours(task_type="SEQ_CLS", num_virtual_tokens=virtual, **extra)
+        ).train()
+        peft_model = peft.get_peft_model(
+            base(), theirs(task_type="SEQ_CLS", num_virtual_tokens=virtual, **extra)
+        ).train()
         bare = base().train().requires_grad_(False)
         embeds = torch.randn(rows, length + virtual, bare.config.hidden_size, requires_grad=True)
         bare_mask = torch.ones(rows, length + virtual, dtype=torch.long)
@@ -316,8 +400,11 @@ def overhead_child(seed: int) -> dict:
             bare(inputs_embeds=embeds, attention_mask=bare_mask, labels=labels).loss.backward()
             embeds.grad = None
 
-        result[method] = {"softprompt_ms": milliseconds(wrapper_step(softprompt_model)), "peft_ms": milliseconds(wrapper_step(peft_model)),
-                          "backbone_ms": milliseconds(bare_step)}
+        result[method] = {
+            "softprompt_ms": milliseconds(wrapper_step(softprompt_model)),
+            "peft_ms": milliseconds(wrapper_step(peft_model)),
+            "backbone_ms": milliseconds(bare_step),
+        }
     result["peak_rss_mb"] = peak_rss_mb()
     return result
 
@@ -325,7 +412,10 @@ def overhead_child(seed: int) -> dict:
 # ---- the parent ----------------------------------------------------------------------------------
 def setfit_python() -> str | None:
     for python in (sys.executable, str(SETFIT_VENV)):
-        if Path(python).exists() and subprocess.run([python, "-c", "import setfit"], capture_output=True, check=False).returncode == 0:
+        if (
+            Path(python).exists()
+            and subprocess.run([python, "-c", "import setfit"], capture_output=True, check=False).returncode == 0
+        ):
             return python
     return None
 
@@ -337,7 +427,13 @@ def run_child(python: str, args: list[str], out: Path) -> dict:
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     load = {"load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2)}
     if done.returncode != 0 or not out.exists():
-        return {"error": f"child failed ({done.returncode}): {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ''}", **load}
+        return {
+            "error": (
+                f"child failed ({done.returncode}): "
+                f"{done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ''}"
+            ),
+            **load,
+        }
     result = json.loads(out.read_text())
     out.unlink()
     return {**result, **load}
@@ -347,13 +443,22 @@ def fmt(value, pattern: str) -> str:
     return "" if value is None else format(value, pattern)
 
 
-ROWS = (("peft", "PEFT 0.21, its example's batches"), ("softprompt", "softprompt, its length-grouped batches"),
-        ("peft_grouped", "PEFT 0.21 on softprompt's batches (control)"), ("shipped", "`softprompt train`, shipped config"))
+ROWS = (
+    ("peft", "PEFT 0.21, its example's batches"),
+    ("softprompt", "softprompt, its length-grouped batches"),
+    ("peft_grouped", "PEFT 0.21 on softprompt's batches (control)"),
+    ("shipped", "`softprompt train`, shipped config"),
+)
 
 
 def table(results: dict) -> str:
-    lines = ["| method | run | pooling, head start | train examples/s | padded / real tokens | peak RSS MB | dev accuracy | dev macro-F1 |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        (
+            "| method | run | pooling, head start | train examples/s | padded / real tokens | peak RSS MB "
+            "| dev accuracy | dev macro-F1 |"
+        ),
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for method in results["methods"]:
         runs = results["runs"].get(method, {})
         for key, label in ROWS:
@@ -363,28 +468,43 @@ def table(results: dict) -> str:
             options = r.get("options", {})
             pooling = f"{options.get('pooling', 'cls')}, {options.get('head_init', 'model')}"
             if "error" in r:
-                lines.append(f"| {method} | {label} | {pooling} | fails: {r['error'][:80]} | | {fmt(r.get('peak_rss_mb'), ',.0f')} | | |")
+                lines.append(
+                    f"| {method} | {label} | {pooling} | fails: {r['error'][:80]} | | "
+                    f"{fmt(r.get('peak_rss_mb'), ',.0f')} | | |"
+                )
                 continue
             padding = f"{r['padded_tokens'] / r['real_tokens']:.2f}" if r.get("real_tokens") else ""
-            lines.append(f"| {method} | {label} | {pooling} | {r['examples_per_second']:.1f} | {padding} | {r['peak_rss_mb']:,.0f} | "
-                         f"{r['accuracy']:.3f} | {r['macro_f1']:.3f} |")
+            lines.append(
+                f"| {method} | {label} | {pooling} | {r['examples_per_second']:.1f} | {padding} | "
+                f"{r['peak_rss_mb']:,.0f} | "
+                f"{r['accuracy']:.3f} | {r['macro_f1']:.3f} |"
+            )
         s = runs.get("softprompt", {})
         for key, label in (("peft", "softprompt / PEFT"), ("peft_grouped", "softprompt / PEFT, same batches")):
             p = runs.get(key, {})
             if "examples_per_second" in s and "examples_per_second" in p:
-                lines.append(f"| {method} | **{label}** | | **{s['examples_per_second'] / p['examples_per_second']:.2f}x** | | "
-                             f"{s['peak_rss_mb'] / p['peak_rss_mb']:.2f}x | | |")
+                lines.append(
+                    f"| {method} | **{label}** | | **{s['examples_per_second'] / p['examples_per_second']:.2f}x** | | "
+                    f"{s['peak_rss_mb'] / p['peak_rss_mb']:.2f}x | | |"
+                )
     setfit = results.get("setfit", {})
     if "macro_f1" in setfit:
-        lines.append(f"| - | SetFit {setfit.get('version', '')}, {setfit['arguments']}, training {setfit['train_seconds']:.0f} s | "
-                     f"mean, logistic regression (encoder fine-tuned) | | | {setfit['peak_rss_mb']:,.0f} | {setfit['accuracy']:.3f} | {setfit['macro_f1']:.3f} |")
+        lines.append(
+            f"| - | SetFit {setfit.get('version', '')}, {setfit['arguments']}, "
+            f"training {setfit['train_seconds']:.0f} s | "
+            f"mean, logistic regression (encoder fine-tuned) | | | {setfit['peak_rss_mb']:,.0f} | "
+            f"{setfit['accuracy']:.3f} | {setfit['macro_f1']:.3f} |"
+        )
     elif setfit:
         lines.append(f"| - | SetFit | | {setfit.get('skipped') or setfit.get('error')} | | | | |")
     probe = results.get("probe", {})
     for name in ("default", "balanced"):
         if name in probe:
-            lines.append(f"| - | frozen mean-pooled embeddings, {probe[name]['how']} | mean (normalised), frozen | | | {probe['peak_rss_mb']:,.0f} | "
-                         f"{probe[name]['accuracy']:.3f} | {probe[name]['macro_f1']:.3f} |")
+            lines.append(
+                f"| - | frozen mean-pooled embeddings, {probe[name]['how']} | mean (normalised), frozen | | | "
+                f"{probe['peak_rss_mb']:,.0f} | "
+                f"{probe[name]['accuracy']:.3f} | {probe[name]['macro_f1']:.3f} |"
+            )
     return "\n".join(lines)
 
 
@@ -397,8 +517,11 @@ def seed_table(results: dict) -> str:
         f1 = [r["macro_f1"] for r in good.values()]
         if len(f1) > 1:
             by_seed = ", ".join(f"{seed}: {r['macro_f1']:.3f}" for seed, r in good.items())
-            lines.append(f"| minilm_{method}.yaml | {by_seed} | "
-                         f"{statistics.mean(f1):.3f} ({statistics.stdev(f1):.3f}) | {statistics.mean(r['accuracy'] for r in good.values()):.3f} |")
+            lines.append(
+                f"| minilm_{method}.yaml | {by_seed} | "
+                f"{statistics.mean(f1):.3f} ({statistics.stdev(f1):.3f}) | "
+                f"{statistics.mean(r['accuracy'] for r in good.values()):.3f} |"
+            )
     return "\n".join(lines)
 
 
@@ -409,8 +532,14 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", default=None)
     parser.add_argument("--skip", nargs="*", default=[], choices=["same", "shipped", "setfit", "probe"])
-    parser.add_argument("--overhead", action="store_true", help="only the per-step timing of the wrappers (results/encoder_overhead.json)")
-    parser.add_argument("--seeds", nargs="+", type=int, help="only the shipped configs, once per seed (results/encoder_seeds.json)")
+    parser.add_argument(
+        "--overhead",
+        action="store_true",
+        help="only the per-step timing of the wrappers (results/encoder_overhead.json)",
+    )
+    parser.add_argument(
+        "--seeds", nargs="+", type=int, help="only the shipped configs, once per seed (results/encoder_seeds.json)"
+    )
     parser.add_argument("--table", metavar="JSON", help="print the table of a result file and exit")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", help=argparse.SUPPRESS)
@@ -438,7 +567,7 @@ def main() -> int:
     if not (DATA / "train.csv").is_file():
         print(f"skipped: {DATA} is absent (the benchmark reads ../shared/data/twitter_complaints)")
         return 0
-    from softprompt.models import ModelNotFoundError, resolve
+    from softprompt.base_models import ModelNotFoundError, resolve
 
     try:
         folder = resolve("all-minilm-l6-v2")
@@ -450,19 +579,38 @@ def main() -> int:
     import transformers
 
     epochs, dev_limit = (2, 64) if args.quick else (None, None)
-    common = ["--seed", str(args.seed)] + (["--epochs", str(epochs)] if epochs else []) + (["--dev-limit", str(dev_limit)] if dev_limit else [])
+    common = (
+        ["--seed", str(args.seed)]
+        + (["--epochs", str(epochs)] if epochs else [])
+        + (["--dev-limit", str(dev_limit)] if dev_limit else [])
+    )
     results = {
         "command": " ".join(["python", "benchmarks/encoder.py", *sys.argv[1:]]),
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "threads": torch.get_num_threads()},
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "threads": torch.get_num_threads(),
+        },
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
-        "model": folder, "dev_tweets": dev_limit or len(read_rows("dev.csv")), "methods": args.methods, "runs": {},
+        "model": folder,
+        "dev_tweets": dev_limit or len(read_rows("dev.csv")),
+        "methods": args.methods,
+        "runs": {},
     }
-    out = Path(args.out or RESULTS / ("encoder_quick.json" if args.quick else "encoder_seeds.json" if args.seeds else "encoder.json"))
+    out = Path(
+        args.out
+        or RESULTS / ("encoder_quick.json" if args.quick else "encoder_seeds.json" if args.seeds else "encoder.json")
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     scratch_folder = tempfile.TemporaryDirectory(prefix="encoder-bench-")  # removed when the run ends
     scratch = Path(scratch_folder.name)
     if args.overhead:
-        results = {**results, "overhead": run_child(sys.executable, ["--worker", "overhead", "--seed", str(args.seed)], scratch / "child.json")}
+        results = {
+            **results,
+            "overhead": run_child(
+                sys.executable, ["--worker", "overhead", "--seed", str(args.seed)], scratch / "child.json"
+            ),
+        }
         out = Path(args.out or RESULTS / "encoder_overhead.json")
         out.write_text(json.dumps(results, indent=1))
         print(json.dumps(results["overhead"], indent=1))
@@ -491,16 +639,20 @@ def main() -> int:
         runs = results["runs"].setdefault(method, {})
         if "same" not in args.skip:
             jobs = [("peft", "shuffled"), ("softprompt", "grouped"), ("peft", "grouped")]
-            for library, batching in (jobs if index % 2 == 0 else jobs[::-1]):  # alternate who goes first
+            for library, batching in jobs if index % 2 == 0 else jobs[::-1]:  # alternate who goes first
                 if library == "peft" and batching == "grouped" and "error" in runs.get("peft", {}):
                     continue  # PEFT cannot run this method at all
                 print(f"{method}: {library}, {batching} batches ...", flush=True)
                 key = library if (library, batching) != ("peft", "grouped") else "peft_grouped"
-                runs[key] = run_child(sys.executable, ["--worker", "same", library, method, batching, *common], scratch / "child.json")
+                runs[key] = run_child(
+                    sys.executable, ["--worker", "same", library, method, batching, *common], scratch / "child.json"
+                )
                 save()
         if "shipped" not in args.skip and config_file(method).is_file():
             print(f"{method}: softprompt train, shipped config ...", flush=True)
-            runs["shipped"] = run_child(sys.executable, ["--worker", "shipped", method, *common], scratch / "child.json")
+            runs["shipped"] = run_child(
+                sys.executable, ["--worker", "shipped", method, *common], scratch / "child.json"
+            )
             save()
     if "setfit" not in args.skip:
         python = setfit_python()
@@ -509,8 +661,11 @@ def main() -> int:
             print(f"SetFit skipped: {results['setfit']['skipped']}")
         else:
             print(f"SetFit ({python}) ...", flush=True)
-            results["setfit"] = run_child(python, ["--worker", "setfit", folder, *common] + (["--quick"] if args.quick else []),
-                                          scratch / "child.json")
+            results["setfit"] = run_child(
+                python,
+                ["--worker", "setfit", folder, *common] + (["--quick"] if args.quick else []),
+                scratch / "child.json",
+            )
         save()
     if "probe" not in args.skip:
         print("logistic regression on frozen embeddings ...", flush=True)

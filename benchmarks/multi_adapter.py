@@ -39,15 +39,20 @@ def rss_mb() -> float:
 
 def train_real_adapters(runs: Path, epochs: int) -> list[Path]:
     """Two real prompts (20 and 10 virtual tokens) trained on the 50 train tweets; reused when present."""
-    from softprompt.train import TrainConfig, train
+    from softprompt.training import TrainConfig, train
 
     folders = []
     for tokens in (20, 10):
         out = runs / f"real-{tokens}"
         if not (out / "adapter" / "adapter_model.safetensors").is_file():
-            overrides = {"epochs": epochs, "eval_file": None, "output_dir": str(out), "progress": False,
-                         "train_file": str(DATA / "train.csv"),  # the local copy, not the config's hub default
-                         "method_options.num_virtual_tokens": tokens}
+            overrides = {
+                "epochs": epochs,
+                "eval_file": None,
+                "output_dir": str(out),
+                "progress": False,
+                "train_file": str(DATA / "train.csv"),  # the local copy, not the config's hub default
+                "method_options.num_virtual_tokens": tokens,
+            }
             train(TrainConfig.from_yaml(CONFIG, overrides))
         folders.append(out / "adapter")
     return folders
@@ -66,7 +71,9 @@ def make_adapters(real: list[Path], count: int, folder: Path) -> dict[str, str]:
             if i >= len(real):
                 table = load_file(str(source / "adapter_model.safetensors"))["prompt_embeddings"]
                 noise = torch.randn(table.shape, generator=torch.Generator().manual_seed(i)) * 0.01 * table.std()
-                save_file({"prompt_embeddings": table + noise}, str(target / "adapter_model.safetensors"), {"format": "pt"})
+                save_file(
+                    {"prompt_embeddings": table + noise}, str(target / "adapter_model.safetensors"), {"format": "pt"}
+                )
         adapters[f"a{i}"] = str(target)
     return adapters
 
@@ -105,7 +112,7 @@ def softprompt_runs(adapters: dict[str, str], rows: list[dict], names: list[str]
     states_bytes = predictor.model.prompt_cache_bytes() / len(adapters)
     file_bytes = sum((Path(p) / "adapter_model.safetensors").stat().st_size for p in adapters.values()) / len(adapters)
     examples = predictor.examples(rows, names)
-    targets = {n: [predictor.task(n).target_ids(k) for k in range(2)] for n in set(names)}
+    targets = {n: [predictor.row_tokenizer(n).target_ids(k) for k in range(2)] for n in set(names)}
     return {
         "mixed": {"seconds": mixed_seconds, "texts_per_second": len(rows) / mixed_seconds},
         "grouped": {"seconds": grouped_seconds, "texts_per_second": len(rows) / grouped_seconds},
@@ -121,13 +128,18 @@ def softprompt_runs(adapters: dict[str, str], rows: list[dict], names: list[str]
 
 
 @torch.no_grad()
-def peft_run(adapters: dict[str, str], names: list[str], prompts: list[list[int]], targets: list[list[list[int]]], pad_id: int) -> dict:
+def peft_run(
+    adapters: dict[str, str], names: list[str], prompts: list[list[int]], targets: list[list[list[int]]], pad_id: int
+) -> dict:
     """PEFT's way: set_adapter per group; each label scored by a full forward of prompt + label."""
     import peft
+
     from softprompt import load_base_model
 
     items = list(adapters.items())
-    model = peft.PeftModel.from_pretrained(load_base_model("smollm2-135m"), items[0][1], adapter_name=items[0][0]).eval()
+    model = peft.PeftModel.from_pretrained(
+        load_base_model("smollm2-135m"), items[0][1], adapter_name=items[0][0]
+    ).eval()
     for name, location in items[1:]:
         model.load_adapter(location, adapter_name=name)
     predicted = [0] * len(prompts)
@@ -144,7 +156,7 @@ def peft_run(adapters: dict[str, str], names: list[str], prompts: list[list[int]
             logits = model(input_ids=ids, attention_mask=mask).logits[:, -width:]  # PEFT adds virtual rows in front
             logprobs = logits.float().log_softmax(-1)
             scores: dict[int, list[float]] = {}
-            for row, (i, k, s) in enumerate(sequences):
+            for row, (i, k, _) in enumerate(sequences):
                 label = targets[i][k]
                 positions = torch.arange(width - len(label) - 1, width - 1)
                 scores.setdefault(i, []).append(float(logprobs[row, positions, torch.tensor(label)].sum()))
@@ -177,7 +189,9 @@ if {library!r} == "softprompt":
 else:
     import peft
     from softprompt import load_base_model
-    model = peft.PeftModel.from_pretrained(load_base_model("smollm2-135m"), items[0][1], adapter_name=items[0][0]).eval()
+    model = peft.PeftModel.from_pretrained(
+        load_base_model("smollm2-135m"), items[0][1], adapter_name=items[0][0]
+    ).eval()
     before = rss_mb()
     for name, path in items[1:]:
         model.load_adapter(path, adapter_name=name)
@@ -193,26 +207,34 @@ def table(results: dict) -> str:
     lines = [
         f"{results['texts']} dev tweets, batch {BATCH}, fp32, {results['machine']}",
         "",
-        "| adapters K | (a) mixed texts/s | (b) grouped texts/s | (c) PEFT texts/s | (a)/(a, K=1) | (a)/(c) | (a)=(b) max diff |",
+        (
+            "| adapters K | (a) mixed texts/s | (b) grouped texts/s | (c) PEFT texts/s | (a)/(a, K=1) | (a)/(c) "
+            "| (a)=(b) max diff |"
+        ),
         "|---|---|---|---|---|---|---|",
     ]
     for run in runs:
         s, p = run["softprompt"], run["peft"]
         a = s["mixed"]["texts_per_second"]
         lines.append(
-            f"| {run['adapters']} | {a:.1f} | {s['grouped']['texts_per_second']:.1f} | {p['texts_per_second']:.1f} | "
+            f"| {run['adapters']} | {a:.1f} | {s['grouped']['texts_per_second']:.1f} | "
+            f"{p['texts_per_second']:.1f} | "
             f"{a / base:.2f}x | {a / p['texts_per_second']:.2f}x | {s['mixed_vs_grouped_max_abs_diff']:.1e} |"
         )
     last = runs[-1]
     s, p = last["softprompt"], last["peft"]
     lines += [
         "",
-        f"Memory per extra adapter (K={last['adapters']}): cached keys/values {s['cached_states_bytes_per_adapter'] / 1024:.0f} KiB "
+        f"Memory per extra adapter (K={last['adapters']}): "
+        f"cached keys/values {s['cached_states_bytes_per_adapter'] / 1024:.0f} KiB "
         f"+ file {s['file_bytes_per_adapter'] / 1024:.0f} KiB = "
-        f"{(s['cached_states_bytes_per_adapter'] + s['file_bytes_per_adapter']) / 1024:.0f} KiB; measured RSS growth per adapter "
-        f"(fresh process): softprompt {s.get('rss_mb_per_extra_adapter', 0) * 1024:.0f} KiB, PEFT {p.get('rss_mb_per_extra_adapter', 0) * 1024:.0f} KiB. "
+        f"{(s['cached_states_bytes_per_adapter'] + s['file_bytes_per_adapter']) / 1024:.0f} KiB; "
+        f"measured RSS growth per adapter "
+        f"(fresh process): softprompt {s.get('rss_mb_per_extra_adapter', 0) * 1024:.0f} KiB, "
+        f"PEFT {p.get('rss_mb_per_extra_adapter', 0) * 1024:.0f} KiB. "
         f"Loading and caching one adapter: {s['load_seconds_per_extra_adapter'] * 1000:.0f} ms.",
-        f"Same labels as PEFT on {last['agreement_with_peft']:.1%} of tweets (PEFT's left-padded prompt tuning shifts positions, peft#1093).",
+        f"Same labels as PEFT on {last['agreement_with_peft']:.1%} of tweets "
+        f"(PEFT's left-padded prompt tuning shifts positions, peft#1093).",
     ]
     return "\n".join(lines)
 
@@ -242,7 +264,11 @@ def main() -> None:
     runs_dir = Path(args.runs)
     real = train_real_adapters(runs_dir, args.epochs)
     folders = make_adapters(real, max(args.adapters), runs_dir / "adapters")
-    results = {"texts": len(rows), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}", "runs": []}
+    results = {
+        "texts": len(rows),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "runs": [],
+    }
     for k in args.adapters:
         adapters = dict(list(folders.items())[:k])
         names = spread(len(rows), k)
@@ -254,7 +280,9 @@ def main() -> None:
         agreement = sum(a == b for a, b in zip(ours.pop("predicted"), theirs.pop("predicted"))) / len(rows)
         results["runs"].append({"adapters": k, "softprompt": ours, "peft": theirs, "agreement_with_peft": agreement})
         print(json.dumps(results["runs"][-1]), flush=True)
-    output = Path(args.output or ROOT / "benchmarks" / "results" / f"multi_adapter{'_quick' if args.quick else ''}.json")
+    output = Path(
+        args.output or ROOT / "benchmarks" / "results" / f"multi_adapter{'_quick' if args.quick else ''}.json"
+    )
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=1))
     print(table(results))

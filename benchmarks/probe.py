@@ -41,7 +41,10 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, strength: float):
 
     def closure():
         optimizer.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(x @ weight + bias, y) + strength * weight.square().sum()
+        loss = (
+            torch.nn.functional.binary_cross_entropy_with_logits(x @ weight + bias, y)
+            + strength * weight.square().sum()
+        )
         loss.backward()
         return loss
 
@@ -62,13 +65,13 @@ def main() -> None:
     if not DATA.is_dir():
         print(f"skipped: {DATA} is absent (the benchmark reads ../shared/data/twitter_complaints)")
         return
-    from softprompt.data import Encoder, load_table
-    from softprompt.models import load_base_model, load_tokenizer
-    from softprompt.train import TrainConfig
+    from softprompt.base_models import load_base_model, load_tokenizer
+    from softprompt.data import RowTokenizer, load_table
+    from softprompt.training import TrainConfig
 
     config = TrainConfig.from_yaml(CONFIG)
     tokenizer = load_tokenizer(config.model)
-    encoder = Encoder(tokenizer, config.task, config.task.label_names)
+    encoder = RowTokenizer(tokenizer, config.task, config.task.label_names)
     train = encoder.encode_table(load_table(str(DATA / "train.csv")))
     dev = encoder.encode_table(load_table(str(DATA / "dev.csv")))
     model = load_base_model(config.model).eval()
@@ -82,18 +85,30 @@ def main() -> None:
         for layer in range(1, x_train.shape[2]):
             xt, xd = x_train[:, pooling, layer], x_dev[:, pooling, layer]
             for strength in STRENGTHS:
-                left_out = torch.tensor([
-                    fit_logistic(torch.cat([xt[:i], xt[i + 1:]]), torch.cat([y_train[:i], y_train[i + 1:]]), strength)(xt[i:i + 1]).item() > 0
-                    for i in range(len(train))
-                ])
+                left_out = torch.tensor(
+                    [
+                        fit_logistic(
+                            torch.cat([xt[:i], xt[i + 1 :]]), torch.cat([y_train[:i], y_train[i + 1 :]]), strength
+                        )(xt[i : i + 1]).item()
+                        > 0
+                        for i in range(len(train))
+                    ]
+                )
                 predicted = fit_logistic(xt, y_train, strength)(xd) > 0
-                results.append((
-                    macro_f1(left_out, y_train.bool()), macro_f1(predicted, y_dev),
-                    (predicted == y_dev).float().mean().item(), f"{pooling_name} layer {layer} L2 {strength}",
-                ))
+                results.append(
+                    (
+                        macro_f1(left_out, y_train.bool()),
+                        macro_f1(predicted, y_dev),
+                        (predicted == y_dev).float().mean().item(),
+                        f"{pooling_name} layer {layer} L2 {strength}",
+                    )
+                )
     by_cv = max(results, key=lambda r: r[0])  # ties: the first
     by_dev = max(results, key=lambda r: r[1])
-    print(f"chosen by leave-one-out on train: {by_cv[3]}: train LOO macro-F1 {by_cv[0]:.3f}, dev macro-F1 {by_cv[1]:.3f}, dev accuracy {by_cv[2]:.3f}")
+    print(
+        f"chosen by leave-one-out on train: {by_cv[3]}: train LOO macro-F1 {by_cv[0]:.3f}, "
+        f"dev macro-F1 {by_cv[1]:.3f}, dev accuracy {by_cv[2]:.3f}"
+    )
     print(f"best on dev (optimistic):         {by_dev[3]}: dev macro-F1 {by_dev[1]:.3f}, dev accuracy {by_dev[2]:.3f}")
 
 

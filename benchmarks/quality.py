@@ -1,8 +1,8 @@
 """Dev-set quality of the shipped configs of a RAFT task and of PEFT LoRA, over seeds, with their ensembles.
 
-    .venv/bin/python benchmarks/quality.py                        # twitter_complaints: 3 prompt methods + LoRA x 5 seeds (~1 h)
+    .venv/bin/python benchmarks/quality.py                # twitter_complaints: 3 prompt methods + LoRA x 5 seeds (~1 h)
     .venv/bin/python benchmarks/quality.py --task tweet_eval_hate --methods prompt_tuning lora
-    .venv/bin/python benchmarks/quality.py --quick                # seed 42 only (reuses whatever is cached)
+    .venv/bin/python benchmarks/quality.py --quick        # seed 42 only (reuses whatever is cached)
     .venv/bin/python benchmarks/quality.py --table benchmarks/results/quality.json
 
 Tasks (data read from ../shared/data): twitter_complaints (dev: 400 labelled test tweets), tweet_eval_hate (dev:
@@ -47,10 +47,13 @@ SHARED = ROOT.parent / "shared" / "data"
 PROMPT_METHODS = ["prompt_tuning", "p_tuning", "prefix_tuning"]
 METHODS = PROMPT_METHODS + ["peft_guide", "lora"]
 LORA = {"r": 8, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"], "lr": 1e-3, "epochs": 10}
-# PEFT's prompt-tuning guide for causal LMs (twitter_complaints on bloomz-560m): its init text, and the same sentence for the other tasks
-GUIDE_INIT_TEXT = {"twitter_complaints": "Classify if the tweet is a complaint or not:",
-                   "tweet_eval_hate": "Classify if the tweet is hate speech or not:",
-                   "banking77": "Classify the banking topic of the query:"}
+# PEFT's prompt-tuning guide for causal LMs (twitter_complaints on bloomz-560m): its init text,
+# and the same sentence for the other tasks
+GUIDE_INIT_TEXT = {
+    "twitter_complaints": "Classify if the tweet is a complaint or not:",
+    "tweet_eval_hate": "Classify if the tweet is hate speech or not:",
+    "banking77": "Classify the banking topic of the query:",
+}
 
 
 @dataclass(frozen=True)
@@ -70,19 +73,32 @@ class Task:
 
 
 TASKS = {
-    "twitter_complaints": Task("twitter_complaints", SHARED / "twitter_complaints" / "train.csv",
-                               SHARED / "twitter_complaints" / "dev.csv", SHARED / "twitter_complaints" / "test.csv"),
-    "tweet_eval_hate": Task("tweet_eval_hate", SHARED / "tweet_eval_hate" / "raft_train.csv",
-                            SHARED / "tweet_eval_hate" / "dev.csv", SHARED / "tweet_eval_hate" / "raft_test.csv"),
-    "banking77": Task("banking77", SHARED / "banking77" / "raft_train.csv", SHARED / "banking77" / "raft_test_gold.csv",
-                      SHARED / "banking77" / "raft_test.csv", dev_sample=400),
+    "twitter_complaints": Task(
+        "twitter_complaints",
+        SHARED / "twitter_complaints" / "train.csv",
+        SHARED / "twitter_complaints" / "dev.csv",
+        SHARED / "twitter_complaints" / "test.csv",
+    ),
+    "tweet_eval_hate": Task(
+        "tweet_eval_hate",
+        SHARED / "tweet_eval_hate" / "raft_train.csv",
+        SHARED / "tweet_eval_hate" / "dev.csv",
+        SHARED / "tweet_eval_hate" / "raft_test.csv",
+    ),
+    "banking77": Task(
+        "banking77",
+        SHARED / "banking77" / "raft_train.csv",
+        SHARED / "banking77" / "raft_test_gold.csv",
+        SHARED / "banking77" / "raft_test.csv",
+        dev_sample=400,
+    ),
 }
 TWITTER = TASKS["twitter_complaints"]
 
 
 def task_settings(task: Task) -> tuple[str, str, list[str]]:
     """(text column, label column, label names) of the task's shipped config."""
-    from softprompt.train import TrainConfig
+    from softprompt.training import TrainConfig
 
     config = TrainConfig.from_yaml(task.config("prompt_tuning"), {})
     return config.task.text_columns[0], config.task.label_column, config.task.label_names
@@ -110,14 +126,28 @@ def peft_guide_settings(task: Task) -> dict:
     Label : "), the label names as label text (underscores as spaces), 8 virtual tokens from its init text, lr 3e-2,
     50 epochs, batch 8, AdamW's default weight decay (0.01), no clipping, no class balancing."""
     names = task_settings(task)[2]
-    return {"method": "prompt_tuning", "task.template": None, "task.verbalizer": {n: n.replace("_", " ") for n in names},
-            "method_options": {"num_virtual_tokens": 8, "prompt_tuning_init": "TEXT", "prompt_tuning_init_text": GUIDE_INIT_TEXT[task.name]},
-            "lr": 3e-2, "epochs": 50, "batch_size": 8, "weight_decay": 0.01, "max_grad_norm": 0, "balance_classes": False}
+    return {
+        "method": "prompt_tuning",
+        "task.template": None,
+        "task.verbalizer": {n: n.replace("_", " ") for n in names},
+        "method_options": {
+            "num_virtual_tokens": 8,
+            "prompt_tuning_init": "TEXT",
+            "prompt_tuning_init_text": GUIDE_INIT_TEXT[task.name],
+        },
+        "lr": 3e-2,
+        "epochs": 50,
+        "batch_size": 8,
+        "weight_decay": 0.01,
+        "max_grad_norm": 0,
+        "balance_classes": False,
+    }
 
 
 def method_config(task: Task, method: str, settings: dict):
-    """configs/TASK/METHOD.yaml with `settings` on top; `peft_guide`: the task's prompt-tuning config with the guide's recipe."""
-    from softprompt.train import TrainConfig
+    """configs/TASK/METHOD.yaml with `settings` on top;
+    `peft_guide`: the task's prompt-tuning config with the guide's recipe."""
+    from softprompt.training import TrainConfig
 
     if method == "peft_guide":
         return TrainConfig.from_yaml(task.config("prompt_tuning"), {**peft_guide_settings(task), **settings})
@@ -128,22 +158,36 @@ def rounded(log_probs: torch.Tensor) -> list[list[float]]:
     return [[round(v, 5) for v in row] for row in log_probs.log_softmax(-1).tolist()]
 
 
-def train_and_score(method: str, seed: int, overrides: dict, runs: Path, unlabelled: list[str] = (), task: Task = TWITTER) -> dict:
+def train_and_score(
+    method: str, seed: int, overrides: dict, runs: Path, unlabelled: list[str] = (), task: Task = TWITTER
+) -> dict:
     from softprompt import Predictor
-    from softprompt.train import train
+    from softprompt.training import train
 
     output_dir = runs / f"{method}-seed{seed}"
-    settings = {"seed": seed, "train_file": str(task.train), "eval_file": None, "output_dir": str(output_dir), "progress": False,
-                "calibration": None, **overrides}
+    settings = {
+        "seed": seed,
+        "train_file": str(task.train),
+        "eval_file": None,
+        "output_dir": str(output_dir),
+        "progress": False,
+        "calibration": None,
+        **overrides,
+    }
     config = method_config(task, method, settings)
     started = time.time()
     train(config)
     seconds = time.time() - started
     predictor = Predictor.from_pretrained(str(output_dir / "adapter"), device="cpu")
-    encoder = predictor.task()
+    encoder = predictor.row_tokenizer()
     scores = torch.stack(predictor.scores(dev_rows(task)))  # [dev rows, classes] label log-likelihoods
-    run = {"method": method, "seed": seed, "train_seconds": round(seconds, 1), "class_names": encoder.class_names,
-           "log_probs": rounded(scores)}
+    run = {
+        "method": method,
+        "seed": seed,
+        "train_seconds": round(seconds, 1),
+        "class_names": encoder.class_names,
+        "log_probs": rounded(scores),
+    }
     if unlabelled:
         run["unlabelled_log_probs"] = rounded(torch.stack(predictor.scores(list(unlabelled))))
     return run
@@ -174,34 +218,55 @@ def lm_label_scores(model, encoder, examples, batch_size: int = 16) -> torch.Ten
             if len(target) > 1:
                 rest = torch.tensor([target[:-1]] * len(batch))
                 full = torch.cat([mask, torch.ones_like(rest)], 1)
-                step = model(input_ids=rest, attention_mask=full, position_ids=positions(full)[:, -rest.shape[1]:],
-                             past_key_values=copy.deepcopy(out.past_key_values), use_cache=True)
+                step = model(
+                    input_ids=rest,
+                    attention_mask=full,
+                    position_ids=positions(full)[:, -rest.shape[1] :],
+                    past_key_values=copy.deepcopy(out.past_key_values),
+                    use_cache=True,
+                )
                 logp = step.logits.float().log_softmax(-1)
                 total += logp.gather(-1, torch.tensor([target[1:]] * len(batch)).unsqueeze(-1)).squeeze(-1).sum(-1)
             scores[batch, k] = total
     return scores
 
 
-def train_lora_and_score(seed: int, runs: Path, unlabelled: list[str] = (), extra: dict | None = None, task: Task = TWITTER) -> dict:
+def train_lora_and_score(
+    seed: int, runs: Path, unlabelled: list[str] = (), extra: dict | None = None, task: Task = TWITTER
+) -> dict:
     """PEFT LoRA with softprompt.train's loop (accelerate, gradient accumulation and checkpoints aside)."""
     from peft import LoraConfig, get_peft_model
-    from softprompt.data import length_grouped_batches
-    from softprompt.models import load_base_model, load_tokenizer
-    from softprompt.tasks import LabelScoring
-    from softprompt.train import TrainConfig, epoch_examples, load_task_data
     from transformers import get_linear_schedule_with_warmup
 
-    settings = {"seed": seed, "train_file": str(task.train), "eval_file": None, "lr": LORA["lr"], "epochs": LORA["epochs"], "progress": False,
-                "output_dir": str(runs / f"lora-seed{seed}"), "calibration": None, **(extra or {})}
+    from softprompt.base_models import load_base_model, load_tokenizer
+    from softprompt.data import length_grouped_batches
+    from softprompt.task_types.causal_lm import LabelScoring
+    from softprompt.training import TrainConfig
+    from softprompt.training.examples import epoch_examples, load_tasks_data
+
+    settings = {
+        "seed": seed,
+        "train_file": str(task.train),
+        "eval_file": None,
+        "lr": LORA["lr"],
+        "epochs": LORA["epochs"],
+        "progress": False,
+        "output_dir": str(runs / f"lora-seed{seed}"),
+        "calibration": None,
+        **(extra or {}),
+    }
     config = TrainConfig.from_yaml(task.config("prompt_tuning"), settings)
     started = time.time()
     torch.manual_seed(config.seed)
     tokenizer = load_tokenizer(config.model)
-    encoder, examples, _, _ = load_task_data(config, tokenizer)
+    part = load_tasks_data(config, tokenizer)[0]
+    encoder, examples = part.rows, part.train
     scoring = LabelScoring(examples)
     lora = LoraConfig(r=LORA["r"], target_modules=LORA["target_modules"], task_type="CAUSAL_LM")
     model = get_peft_model(load_base_model(config.model), lora)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay
+    )
     batches_per_epoch = math.ceil(len(epoch_examples(examples, config, 0)) / config.batch_size)
     scheduler = get_linear_schedule_with_warmup(optimizer, 0, batches_per_epoch * config.epochs)
     pad = tokenizer.pad_token_id
@@ -209,10 +274,14 @@ def train_lora_and_score(seed: int, runs: Path, unlabelled: list[str] = (), extr
         torch.manual_seed(config.seed + epoch)
         rows = epoch_examples(examples, config, epoch)
         model.train()
-        for batch_rows in length_grouped_batches([len(e.prompt_ids) + len(e.target_ids) for e in rows], config.batch_size, config.seed + epoch):
+        for batch_rows in length_grouped_batches(
+            [len(e.prompt_ids) + len(e.target_ids) for e in rows], config.batch_size, config.seed + epoch
+        ):
             batch = scoring.collate([rows[i] for i in batch_rows], pad)
-            labels = batch.pop("labels")[:, -scoring.keep:]  # rows are left-padded: the labels end every row
-            loss = model(**batch, labels=labels, position_ids=positions(batch["attention_mask"]), logits_to_keep=scoring.keep).loss
+            labels = batch.pop("labels")[:, -scoring.keep :]  # rows are left-padded: the labels end every row
+            loss = model(
+                **batch, labels=labels, position_ids=positions(batch["attention_mask"]), logits_to_keep=scoring.keep
+            ).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             optimizer.step()
@@ -221,8 +290,13 @@ def train_lora_and_score(seed: int, runs: Path, unlabelled: list[str] = (), extr
     seconds = time.time() - started
     model.save_pretrained(config.output_dir)  # PEFT's adapter files (safetensors)
     dev = [encoder.encode(row) for row in dev_rows(task)]
-    run = {"method": "lora", "seed": seed, "train_seconds": round(seconds, 1), "class_names": encoder.class_names,
-           "log_probs": rounded(lm_label_scores(model, encoder, dev))}
+    run = {
+        "method": "lora",
+        "seed": seed,
+        "train_seconds": round(seconds, 1),
+        "class_names": encoder.class_names,
+        "log_probs": rounded(lm_label_scores(model, encoder, dev)),
+    }
     if unlabelled:
         encoded = [encoder.encode({config.task.text_columns[0]: t}, labelled=False) for t in unlabelled]
         run["unlabelled_log_probs"] = rounded(lm_label_scores(model, encoder, encoded))
@@ -237,14 +311,14 @@ def dev_gold(class_names: list[str], task: Task = TWITTER) -> list[int]:
 
 
 def metrics(run_gold: list[int], probabilities: torch.Tensor, class_names: list[str]) -> dict:
-    from softprompt.evaluate import classification_metrics
+    from softprompt.inference.metrics import classification_metrics
 
     m = classification_metrics(run_gold, probabilities.argmax(-1).tolist(), class_names)
     return {"accuracy": round(m["accuracy"], 3), "macro_f1": round(m["macro_f1"], 3)}
 
 
 def probabilities(run: dict, calibrated: bool) -> torch.Tensor:
-    from softprompt.calibration import calibrate, estimate_prior
+    from softprompt.inference.calibration import calibrate, estimate_prior
 
     p = torch.tensor(run["log_probs"]).exp()
     return calibrate(p, estimate_prior(p)) if calibrated else p  # prior: the dev texts, labels unused
@@ -258,16 +332,22 @@ def summary(runs: list[dict], calibrated: bool, task: Task = TWITTER) -> dict:
     f1s = [m["macro_f1"] for m in single]
     ensemble = metrics(gold, torch.stack(members).mean(0), names)
     return {
-        "seeds": [r["seed"] for r in runs], "macro_f1": f1s, "mean_macro_f1": round(statistics.mean(f1s), 3),
+        "seeds": [r["seed"] for r in runs],
+        "macro_f1": f1s,
+        "mean_macro_f1": round(statistics.mean(f1s), 3),
         "sd_macro_f1": round(statistics.stdev(f1s), 3) if len(f1s) > 1 else 0.0,
         "mean_accuracy": round(statistics.mean(m["accuracy"] for m in single), 3),
-        "ensemble_macro_f1": ensemble["macro_f1"], "ensemble_accuracy": ensemble["accuracy"],
+        "ensemble_macro_f1": ensemble["macro_f1"],
+        "ensemble_accuracy": ensemble["accuracy"],
     }
 
 
 def table(runs: list[dict], task: Task = TWITTER) -> str:
     lines = [
-        "| method | scoring | seeds | macro-F1 per seed | mean macro-F1 (sd) | mean accuracy | ensemble macro-F1 | ensemble accuracy |",
+        (
+            "| method | scoring | seeds | macro-F1 per seed | mean macro-F1 (sd) | mean accuracy "
+            "| ensemble macro-F1 | ensemble accuracy |"
+        ),
         "|---|---|---|---|---|---|---|---|",
     ]
     for method in METHODS:
@@ -290,8 +370,12 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44, 45, 46])
     parser.add_argument("--quick", action="store_true", help="seed 42 only (a quick look; cached runs are reused)")
     parser.add_argument("--task", default="twitter_complaints", choices=sorted(TASKS))
-    parser.add_argument("--unlabelled", type=int, default=0, help="also score this many unlabelled test texts per new run")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides of the prompt methods (YAML values)")
+    parser.add_argument(
+        "--unlabelled", type=int, default=0, help="also score this many unlabelled test texts per new run"
+    )
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides of the prompt methods (YAML values)"
+    )
     parser.add_argument("--results", help="results file (default: benchmarks/results/quality[_TASK].json)")
     parser.add_argument("--runs", help="where the adapters go (default: runs/quality[/TASK])")
     parser.add_argument("--table", metavar="RESULTS", help="only print the table of a results file")
@@ -310,9 +394,14 @@ def main() -> None:
     overrides = {key: yaml.safe_load(value) for key, value in (pair.split("=", 1) for pair in args.set)}
     path = Path(args.results or task.results())
     runs = Path(args.runs or ROOT / "runs" / "quality" / ("" if task is TWITTER else task.name))
-    results = json.loads(path.read_text()) if path.is_file() else {"task": task.name, "overrides": overrides, "runs": []}
+    results = (
+        json.loads(path.read_text()) if path.is_file() else {"task": task.name, "overrides": overrides, "runs": []}
+    )
     if results["overrides"] != overrides or results.get("task", "twitter_complaints") != task.name:
-        raise SystemExit(f"{path} holds runs of {results.get('task', 'twitter_complaints')} with overrides {results['overrides']}; give another --results.")
+        raise SystemExit(
+            f"{path} holds runs of {results.get('task', 'twitter_complaints')} "
+            f"with overrides {results['overrides']}; give another --results."
+        )
     unlabelled = unlabelled_texts(task, args.unlabelled)
     for method in args.methods:
         for seed in seeds:
@@ -328,7 +417,8 @@ def main() -> None:
             print(table(results["runs"], task), flush=True)
     results["summary"] = {
         f"{method} {'+ prior' if calibrated else 'plain'}": summary(mine, calibrated, task)
-        for method in METHODS for calibrated in (False, True)
+        for method in METHODS
+        for calibrated in (False, True)
         if (mine := sorted((r for r in results["runs"] if r["method"] == method), key=lambda r: r["seed"]))
     }
     path.write_text(json.dumps(results))

@@ -3,15 +3,17 @@
     .venv/bin/python benchmarks/recipe_cv.py                                    # prompt_tuning as shipped, 5 folds
     .venv/bin/python benchmarks/recipe_cv.py --method prefix_tuning --name v2 --set lr=0.01 ...
     .venv/bin/python benchmarks/recipe_cv.py --task banking77 --method prefix_tuning --name shipped --unlabelled 100
-    .venv/bin/python benchmarks/recipe_cv.py --task tweet_eval_hate --method peft_guide    # PEFT's guide recipe (quality.py)
+    # PEFT's guide recipe (quality.py):
+    .venv/bin/python benchmarks/recipe_cv.py --task tweet_eval_hate --method peft_guide
     .venv/bin/python benchmarks/recipe_cv.py --table                             # every candidate so far
 
 Each candidate (configs/TASK/METHOD.yaml plus overrides) trains on one of 2 stratified folds of the 50 train rows
 (25) and scores the other, for 2 independent splits (4 runs, about one full run's CPU time), plus a fixed sample of
 unlabelled test rows (none of them in the dev rows of benchmarks/quality.py) and a few content-free inputs.
 Scoring options are then compared on the same runs, with the pooled held-out predictions of a split's folds (all 50
-tweets, each predicted once), averaged over the splits: plain label scoring; calibrated by the class prior on the unlabelled tweets (`calibration` of the
-Predictor); calibrated on the content-free inputs (Zhao et al. 2021). Runs are cached in the results file.
+tweets, each predicted once), averaged over the splits: plain label scoring; calibrated by the class prior on the
+unlabelled tweets (`calibration` of the Predictor); calibrated on the content-free inputs (Zhao et al. 2021). Runs are
+cached in the results file.
 """
 
 from __future__ import annotations
@@ -58,9 +60,19 @@ def folds(rows: list[dict], k: int, seed: int = 0, column: str = "Label") -> lis
     return out
 
 
-def run_fold(task: Task, method: str, overrides: dict, repeat: int, fold: int, held: list[int], rows: list[dict], unlabelled: list[str], runs: Path) -> dict:
+def run_fold(
+    task: Task,
+    method: str,
+    overrides: dict,
+    repeat: int,
+    fold: int,
+    held: list[int],
+    rows: list[dict],
+    unlabelled: list[str],
+    runs: Path,
+) -> dict:
     from softprompt import Predictor
-    from softprompt.train import train
+    from softprompt.training import train
 
     folder = runs / f"split{repeat}-fold{fold}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -69,20 +81,31 @@ def run_fold(task: Task, method: str, overrides: dict, repeat: int, fold: int, h
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(r for i, r in enumerate(rows) if i not in set(held))
-    settings = {"seed": 42, "eval_file": None, "output_dir": str(folder), "progress": False, "calibration": None, **overrides,
-                "train_file": str(train_csv)}  # calibration: compared below on the same runs
+    settings = {
+        "seed": 42,
+        "eval_file": None,
+        "output_dir": str(folder),
+        "progress": False,
+        "calibration": None,
+        **overrides,
+        "train_file": str(train_csv),
+    }  # calibration: compared below on the same runs
     config = method_config(task, method, settings)  # peft_guide: PEFT's guide recipe on the task's prompt-tuning config
     column, label_column, label_names = task_settings(task)
     started = time.time()
     train(config, resume=True)  # a fold trained before (e.g. a crash while scoring) is reused from its checkpoint
     predictor = Predictor.from_pretrained(str(folder / "adapter"), device="cpu")
-    names = predictor.task().class_names
+    names = predictor.row_tokenizer().class_names
 
     def log_probs(texts):
         return [[round(v, 5) for v in row] for row in torch.stack(predictor.scores(texts)).log_softmax(-1).tolist()]
 
     return {
-        "repeat": repeat, "fold": fold, "held": held, "seconds": round(time.time() - started, 1), "class_names": names,
+        "repeat": repeat,
+        "fold": fold,
+        "held": held,
+        "seconds": round(time.time() - started, 1),
+        "class_names": names,
         "gold": [names.index(label_names[int(rows[i][label_column])]) for i in held],
         "held_log_probs": log_probs([rows[i][column] for i in held]),
         "unlabelled_log_probs": log_probs(unlabelled),
@@ -93,16 +116,20 @@ def run_fold(task: Task, method: str, overrides: dict, repeat: int, fold: int, h
 def scoring_options(runs: list[dict]) -> dict[str, float]:
     """Held-out macro-F1 of each scoring option: all folds of a split pooled (every train tweet predicted once),
     averaged over the splits; and the mean of the single folds'."""
-    from softprompt.calibration import calibrate, estimate_prior
-    from softprompt.evaluate import classification_metrics
+    from softprompt.inference.calibration import calibrate, estimate_prior
+    from softprompt.inference.metrics import classification_metrics
 
     names = runs[0]["class_names"]
     options = {"plain": [], "prior(unlabelled)": [], "prior(content-free)": []}
     for r in runs:
         held = torch.tensor(r["held_log_probs"]).exp()
         options["plain"].append(held)
-        options["prior(unlabelled)"].append(calibrate(held, estimate_prior(torch.tensor(r["unlabelled_log_probs"]).exp())))
-        options["prior(content-free)"].append(calibrate(held, estimate_prior(torch.tensor(r["content_free_log_probs"]).exp())))
+        options["prior(unlabelled)"].append(
+            calibrate(held, estimate_prior(torch.tensor(r["unlabelled_log_probs"]).exp()))
+        )
+        options["prior(content-free)"].append(
+            calibrate(held, estimate_prior(torch.tensor(r["content_free_log_probs"]).exp()))
+        )
     out = {}
     for name, parts in options.items():
         pooled = []
@@ -112,7 +139,9 @@ def scoring_options(runs: list[dict]) -> dict[str, float]:
             predicted = torch.cat([parts[i] for i in mine]).argmax(-1).tolist()
             pooled.append(classification_metrics(gold, predicted, names)["macro_f1"])
         out[name] = round(statistics.mean(pooled), 3)
-        per_fold = [classification_metrics(r["gold"], p.argmax(-1).tolist(), names)["macro_f1"] for r, p in zip(runs, parts)]
+        per_fold = [
+            classification_metrics(r["gold"], p.argmax(-1).tolist(), names)["macro_f1"] for r, p in zip(runs, parts)
+        ]
         out[name + " fold mean"] = round(statistics.mean(per_fold), 3)
     return out
 
@@ -125,7 +154,9 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides (YAML values)")
     parser.add_argument("--folds", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2, help="independent fold splits (seeds 0, 1, ...)")
-    parser.add_argument("--unlabelled", type=int, default=200, help="how many unlabelled test tweets estimate the prior")
+    parser.add_argument(
+        "--unlabelled", type=int, default=200, help="how many unlabelled test tweets estimate the prior"
+    )
     parser.add_argument("--results", help="default: benchmarks/results/recipe_cv[_TASK].json")
     parser.add_argument("--runs", help="default: runs/recipe_cv[/TASK]")
     parser.add_argument("--table", action="store_true", help="only print the figures of the results file")
@@ -144,7 +175,9 @@ def main() -> None:
         overrides = {key: yaml.safe_load(value) for key, value in (pair.split("=", 1) for pair in args.set)}
         key = f"{args.method}/{args.name}"
         settings = {"task": task.name, "folds": args.folds, "unlabelled": args.unlabelled}
-        entry = results["candidates"].setdefault(key, {"method": args.method, "overrides": overrides, **settings, "runs": []})
+        entry = results["candidates"].setdefault(
+            key, {"method": args.method, "overrides": overrides, **settings, "runs": []}
+        )
         if entry["overrides"] != overrides:
             raise SystemExit(f"{key} was run with overrides {entry['overrides']}: give another --name.")
         for name, value in settings.items():  # (entries from before these were recorded: twitter, 2 folds, 200)
@@ -160,7 +193,9 @@ def main() -> None:
                     raise SystemExit(f"{key}: split {repeat} fold {fold} was run on other rows: give another --name.")
                 if cached:
                     continue
-                entry["runs"].append(run_fold(task, args.method, overrides, repeat, fold, held, rows, unlabelled, runs / key))
+                entry["runs"].append(
+                    run_fold(task, args.method, overrides, repeat, fold, held, rows, unlabelled, runs / key)
+                )
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(results))
                 print(key, f"split {repeat} fold {fold}", scoring_options(entry["runs"]), flush=True)

@@ -57,7 +57,7 @@ def main() -> None:
     pool = pool[: args.pool]
     predictor = Predictor.from_pretrained([str(t) for t in teachers], device="cpu")  # one base model, five prompts
     probabilities = predictor.ensemble_probabilities(pool, predictor.adapter_names, progress=True)  # [pool, K]
-    encoder = predictor.task()
+    encoder = predictor.row_tokenizer()
     complaint = encoder.class_names.index("complaint")
     order = probabilities[:, complaint].argsort(descending=True).tolist()
     label_ids = {"complaint": 1, "no complaint": 2}  # the dataset's ClassLabel ids
@@ -79,7 +79,10 @@ def main() -> None:
     single = [metrics(gold, torch.tensor(s["log_probs"]), names) for s in students]
     averaged = torch.stack([torch.tensor(s["log_probs"]).exp() for s in students]).mean(0).log()
     result = {
-        "method": args.method, "pool": args.pool, "per_class": args.per_class, "epochs": args.epochs,
+        "method": args.method,
+        "pool": args.pool,
+        "per_class": args.per_class,
+        "epochs": args.epochs,
         "pool_share_predicted_complaint": round((probabilities.argmax(-1) == complaint).float().mean().item(), 3),
         "students": [{"seed": s["seed"], **m} for s, m in zip(students, single)],
         "student_ensemble": metrics(gold, averaged, names),

@@ -87,16 +87,21 @@ async def load(url: str, requests: list[tuple[str, dict]], clients: int) -> dict
         wall = time.perf_counter() - started
     latencies.sort()
     return {
-        "requests": len(requests), "errors": errors, "requests_per_second": len(requests) / wall,
-        "p50_ms": 1000 * statistics.median(latencies), "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+        "requests": len(requests),
+        "errors": errors,
+        "requests_per_second": len(requests) / wall,
+        "p50_ms": 1000 * statistics.median(latencies),
+        "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
     }
 
 
 def requests_for(kind: str, tweets: list[str], names: list[str]) -> list[tuple[str, dict]]:
     if kind == "classify":
         return [("/v1/classify", {"model": n, "input": [t]}) for t, n in zip(tweets, names)]
-    return [("/v1/completions", {"model": n, "prompt": QUESTION.format(text=t), "max_tokens": 8, "temperature": 0})
-            for t, n in zip(tweets, names)]
+    return [
+        ("/v1/completions", {"model": n, "prompt": QUESTION.format(text=t), "max_tokens": 8, "temperature": 0})
+        for t, n in zip(tweets, names)
+    ]
 
 
 def offline_latency(adapters: dict[str, str], kind: str, tweets: list[str], names: list[str]) -> dict:
@@ -114,7 +119,10 @@ def offline_latency(adapters: dict[str, str], kind: str, tweets: list[str], name
             predictor.generate(QUESTION.format(text=tweet), name, max_new_tokens=8)
         times.append(time.perf_counter() - started)
     times.sort()
-    return {"p50_ms": 1000 * statistics.median(times), "p99_ms": 1000 * times[min(len(times) - 1, int(0.99 * len(times)))]}
+    return {
+        "p50_ms": 1000 * statistics.median(times),
+        "p99_ms": 1000 * times[min(len(times) - 1, int(0.99 * len(times)))],
+    }
 
 
 # ---- the PEFT way, as a server --------------------------------------------------------------------
@@ -125,13 +133,16 @@ def peft_server(port: int, adapters_file: str) -> None:
     import torch
     import uvicorn
     from fastapi import FastAPI
+
     from softprompt import load_base_model, load_tokenizer
-    from softprompt.task import load_task
+    from softprompt.data import load_task
 
     adapters = json.loads(Path(adapters_file).read_text())
     items = list(adapters.items())
     tokenizer = load_tokenizer("smollm2-135m")
-    model = peft.PeftModel.from_pretrained(load_base_model("smollm2-135m"), items[0][1], adapter_name=items[0][0]).eval()
+    model = peft.PeftModel.from_pretrained(
+        load_base_model("smollm2-135m"), items[0][1], adapter_name=items[0][0]
+    ).eval()
     for name, path in items[1:]:
         model.load_adapter(path, adapter_name=name)
     task = load_task(items[0][1], tokenizer)
@@ -149,8 +160,11 @@ def peft_server(port: int, adapters_file: str) -> None:
         with lock, torch.no_grad():
             model.set_adapter(body["model"])
             ids = torch.tensor([prompt + t for t in targets])  # both labels, one batch (same length here)
-            logprobs = model(input_ids=ids).logits[:, -ids.shape[1]:].float().log_softmax(-1)
-            scores = [float(logprobs[k, len(prompt) - 1 + torch.arange(len(t)), torch.tensor(t)].sum()) for k, t in enumerate(targets)]
+            logprobs = model(input_ids=ids).logits[:, -ids.shape[1] :].float().log_softmax(-1)
+            scores = [
+                float(logprobs[k, len(prompt) - 1 + torch.arange(len(t)), torch.tensor(t)].sum())
+                for k, t in enumerate(targets)
+            ]
         return {"data": [{"label": task.class_names[max(range(len(scores)), key=scores.__getitem__)]}]}
 
     @app.post("/v1/completions")
@@ -158,9 +172,14 @@ def peft_server(port: int, adapters_file: str) -> None:
         ids = tokenizer(body["prompt"], return_tensors="pt")["input_ids"]
         with lock, torch.no_grad():
             model.set_adapter(body["model"])
-            output = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=body["max_tokens"],
-                                    do_sample=False, pad_token_id=tokenizer.pad_token_id)
-        return {"choices": [{"text": tokenizer.decode(output[0, ids.shape[1]:], skip_special_tokens=True)}]}
+            output = model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=body["max_tokens"],
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        return {"choices": [{"text": tokenizer.decode(output[0, ids.shape[1] :], skip_special_tokens=True)}]}
 
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
@@ -169,14 +188,19 @@ def table(results: dict) -> str:
     lines = [
         f"{results['machine']}; {results['requests']} requests a cell",
         "",
-        "| task | adapters | clients | mixed req/s | per-adapter req/s | PEFT req/s | mixed p50 / p99 ms | PEFT p50 / p99 ms | offline p50 / p99 ms |",
+        (
+            "| task | adapters | clients | mixed req/s | per-adapter req/s | PEFT req/s | mixed p50 / p99 ms "
+            "| PEFT p50 / p99 ms | offline p50 / p99 ms |"
+        ),
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results["rows"]:
         m, a, p, o = row["mixed"], row["per_adapter"], row["peft"], row["offline"]
         lines.append(
-            f"| {row['task']} | {row['adapters']} | {row['clients']} | {m['requests_per_second']:.1f} | {a['requests_per_second']:.1f} | "
-            f"{p['requests_per_second']:.1f} | {m['p50_ms']:.0f} / {m['p99_ms']:.0f} | {p['p50_ms']:.0f} / {p['p99_ms']:.0f} | "
+            f"| {row['task']} | {row['adapters']} | {row['clients']} | {m['requests_per_second']:.1f} | "
+            f"{a['requests_per_second']:.1f} | "
+            f"{p['requests_per_second']:.1f} | {m['p50_ms']:.0f} / {m['p99_ms']:.0f} | "
+            f"{p['p50_ms']:.0f} / {p['p99_ms']:.0f} | "
             f"{o['p50_ms']:.0f} / {o['p99_ms']:.0f} |"
         )
     errors = sum(row[w]["errors"] for row in results["rows"] for w in ("mixed", "per_adapter", "peft"))
@@ -187,17 +211,27 @@ def table(results: dict) -> str:
             continue
         top = max(r["clients"] for r in rows)
         one = next((r for r in rows if r["adapters"] == min(x["adapters"] for x in rows) and r["clients"] == top), None)
-        many = next((r for r in rows if r["adapters"] == max(x["adapters"] for x in rows) and r["clients"] == top), None)
-        single = next((r for r in rows if r["clients"] == 1 and r["adapters"] == max(x["adapters"] for x in rows)), None)
+        many = next(
+            (r for r in rows if r["adapters"] == max(x["adapters"] for x in rows) and r["clients"] == top), None
+        )
+        single = next(
+            (r for r in rows if r["clients"] == 1 and r["adapters"] == max(x["adapters"] for x in rows)), None
+        )
         if one and many:
             lines.append(
-                f"{task}, {top} clients, {many['adapters']} adapters: {many['mixed']['requests_per_second'] / one['mixed']['requests_per_second']:.2f}x "
-                f"the {one['adapters']}-adapter throughput, {many['mixed']['requests_per_second'] / many['peft']['requests_per_second']:.2f}x PEFT's, "
-                f"{many['mixed']['requests_per_second'] / many['per_adapter']['requests_per_second']:.2f}x one-adapter-per-batch."
+                f"{task}, {top} clients, {many['adapters']} adapters: "
+                f"{many['mixed']['requests_per_second'] / one['mixed']['requests_per_second']:.2f}x "
+                f"the {one['adapters']}-adapter throughput, "
+                f"{many['mixed']['requests_per_second'] / many['peft']['requests_per_second']:.2f}x PEFT's, "
+                f"{many['mixed']['requests_per_second'] / many['per_adapter']['requests_per_second']:.2f}x "
+                f"one-adapter-per-batch."
             )
         if single:
-            lines.append(f"{task}, 1 client: p99 {single['mixed']['p99_ms']:.0f} ms against {single['offline']['p99_ms']:.0f} ms offline "
-                         f"({single['mixed']['p99_ms'] / single['offline']['p99_ms']:.2f}x).")
+            lines.append(
+                f"{task}, 1 client: p99 {single['mixed']['p99_ms']:.0f} ms "
+                f"against {single['offline']['p99_ms']:.0f} ms offline "
+                f"({single['mixed']['p99_ms'] / single['offline']['p99_ms']:.2f}x)."
+            )
     return "\n".join(lines)
 
 
@@ -222,6 +256,7 @@ def main() -> None:
         print(f"skipped: {DATA} is absent (the benchmark reads ../shared/data/twitter_complaints)")
         return
     import torch
+
     from softprompt.data import load_table
 
     if args.quick:
@@ -229,8 +264,11 @@ def main() -> None:
     tweets = [r["Tweet text"] for r in load_table(str(DATA / "dev.csv")).rows][: args.requests]
     runs = Path(args.runs)
     folders = make_adapters(train_real_adapters(runs, 3), max(args.adapters), runs / "adapters")
-    results = {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-               "requests": len(tweets), "rows": []}
+    results = {
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "requests": len(tweets),
+        "rows": [],
+    }
     for k in args.adapters:
         adapters = dict(list(folders.items())[:k])
         names = spread(len(tweets), k)
@@ -242,25 +280,52 @@ def main() -> None:
             port = free_port()
             url = f"http://127.0.0.1:{port}"
             if extra is None:
-                command = [sys.executable, "benchmarks/serve.py", "--peft-server", str(port), str(runs / "serve-adapters.json")]
+                command = [
+                    sys.executable,
+                    "benchmarks/serve.py",
+                    "--peft-server",
+                    str(port),
+                    str(runs / "serve-adapters.json"),
+                ]
             else:
-                command = [sys.executable, "-m", "softprompt.cli", "serve", "--port", str(port), "--dtype", "float32",
-                           "--device", "cpu", "--max-batch-size", "32", *adapter_args, *extra]
+                command = [
+                    sys.executable,
+                    "-m",
+                    "softprompt.cli",
+                    "serve",
+                    "--port",
+                    str(port),
+                    "--dtype",
+                    "float32",
+                    "--device",
+                    "cpu",
+                    "--max-batch-size",
+                    "32",
+                    *adapter_args,
+                    *extra,
+                ]
             process = start(command, url)
             try:
                 for task in args.tasks:
                     asyncio.run(load(url, requests_for(task, tweets[:8], names[:8]), 4))  # warm up
                     for clients in args.clients:
-                        measured[(task, clients, way)] = asyncio.run(load(url, requests_for(task, tweets, names), clients))
+                        measured[(task, clients, way)] = asyncio.run(
+                            load(url, requests_for(task, tweets, names), clients)
+                        )
                         print(way, k, task, clients, json.dumps(measured[(task, clients, way)]), flush=True)
             finally:
                 stop(process)
         for task in args.tasks:
             for clients in args.clients:
-                results["rows"].append({
-                    "task": task, "adapters": k, "clients": clients, "offline": offline[task],
-                    **{way: measured[(task, clients, way)] for way in ("mixed", "per_adapter", "peft")},
-                })
+                results["rows"].append(
+                    {
+                        "task": task,
+                        "adapters": k,
+                        "clients": clients,
+                        "offline": offline[task],
+                        **{way: measured[(task, clients, way)] for way in ("mixed", "per_adapter", "peft")},
+                    }
+                )
     output = ROOT / "benchmarks" / "results" / f"serve{'_quick' if args.quick else ''}.json"
     output.write_text(json.dumps(results, indent=1))
     print(table(results))

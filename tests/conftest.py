@@ -1,19 +1,21 @@
 """Fixtures shared by test files: trained adapters (with their tasks) on one tiny model."""
 
 import pytest
+
 from tiny_run import run_config
 
 
 @pytest.fixture(scope="session")
 def trained_adapters(tmp_path_factory):
     """Three trained adapters on one tiny model: different methods, prompt lengths, templates and label words."""
-    from softprompt.train import TrainConfig, train
+    from softprompt.training import TrainConfig, train
 
     tmp_path = tmp_path_factory.mktemp("adapters")
     variants = {
         "complaints": ("prompt_tuning", {"num_virtual_tokens": 4}, {}),
         "yesno": (
-            "prefix_tuning", {"num_virtual_tokens": 2},
+            "prefix_tuning",
+            {"num_virtual_tokens": 2},
             {"template": "Tweet: {Tweet text}\nComplaint?", "verbalizer": {"complaint": " yes", "no complaint": " no"}},
         ),
         "ptuning": ("p_tuning", {"num_virtual_tokens": 6, "encoder_hidden_size": 16}, {"template": "{Tweet text} =>"}),

@@ -20,12 +20,16 @@ import torch
 from accelerate.utils import DistributedType
 
 sys.path.insert(0, str(Path(__file__).parent))
+from softprompt import Trainer
 from test_trainer import arguments, make_model, rows
 from tiny_models import without_dropout
 
-from softprompt import Trainer
-
-CASES = [("CAUSAL_LM", "prompt_tuning"), ("CAUSAL_LM", "prefix_tuning"), ("SEQ_CLS-llama", "p_tuning_mlp"), ("SEQ_CLS-bert", "prefix_tuning")]
+CASES = [
+    ("CAUSAL_LM", "prompt_tuning"),
+    ("CAUSAL_LM", "prefix_tuning"),
+    ("SEQ_CLS-llama", "p_tuning_mlp"),
+    ("SEQ_CLS-bert", "prefix_tuning"),
+]
 ROWS, STEPS = 4, 2
 
 _init = accelerate.state.AcceleratorState.__init__
@@ -47,7 +51,9 @@ def main(out: Path, resume_from: Path | None) -> None:
     for task, method in CASES:
         case = f"{task}-{method}"
         model = case_model(task, method)
-        args = arguments(out / case, per_device_train_batch_size=ROWS // 2, max_steps=STEPS, save_strategy="steps", save_steps=1)
+        args = arguments(
+            out / case, per_device_train_batch_size=ROWS // 2, max_steps=STEPS, save_strategy="steps", save_steps=1
+        )
         trainer = Trainer(model=model, args=args, train_dataset=rows(task, ROWS))
         assert trainer.is_fsdp_enabled, "accelerate did not take the FSDP config"
         trainer.train(resume_from_checkpoint=str(resume_from / case / "checkpoint-1") if resume_from else None)

@@ -6,6 +6,7 @@ import os
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+
 from softprompt import (
     AdapterError,
     AutoPeftModelForCausalLM,
@@ -14,7 +15,7 @@ from softprompt import (
     PrefixTuningConfig,
     get_peft_model,
 )
-from softprompt import adapters as adapter_files
+from softprompt import adapter_io as adapter_files
 from tiny_models import METHOD_CONFIGS, METHODS, tiny_model, trainable
 
 ARCH = "llama_gqa"

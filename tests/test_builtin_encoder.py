@@ -1,4 +1,5 @@
-"""The built-in offline encoder name `all-minilm-l6-v2`: found in either PyPI package, unpacked safely, clear when missing."""
+"""The built-in offline encoder name `all-minilm-l6-v2`: found in either PyPI package, unpacked safely,
+clear when missing."""
 
 import importlib.util
 import types
@@ -6,8 +7,10 @@ import zipfile
 
 import pytest
 import torch
-from softprompt import ModelNotFoundError, PromptTuningConfig, get_peft_model, load_base_model, models
 from transformers import AutoModelForSequenceClassification, BertConfig, BertModel
+
+from softprompt import ModelNotFoundError, PromptTuningConfig, get_peft_model, load_base_model
+from softprompt import base_models as models
 
 
 @pytest.fixture

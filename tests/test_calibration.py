@@ -4,9 +4,17 @@ import json
 
 import pytest
 import torch
+
 from softprompt import AdapterError, Predictor
-from softprompt.calibration import CALIBRATION_NAME, calibrate, estimate_prior, read_calibration, read_texts, write_calibration
-from softprompt.train import TrainConfig, train
+from softprompt.inference.calibration import (
+    CALIBRATION_NAME,
+    calibrate,
+    estimate_prior,
+    read_calibration,
+    read_texts,
+    write_calibration,
+)
+from softprompt.training import TrainConfig, train
 from test_workflow import run_cli
 from tiny_run import run_config, toy_rows, write_csv
 
@@ -44,7 +52,9 @@ def calibrated_run(tmp_path_factory):
     """One tiny training run whose config asks for calibration on unlabelled texts."""
     tmp_path = tmp_path_factory.mktemp("calibrated")
     unlabelled = write_csv(tmp_path / "unlabelled.csv", [{**row, "Label": 0} for row in toy_rows(9, seed=5)])
-    config = run_config(tmp_path, epochs=1, lr=0.3, eval_file=None, calibration={"texts_file": str(unlabelled), "limit": 6})
+    config = run_config(
+        tmp_path, epochs=1, lr=0.3, eval_file=None, calibration={"texts_file": str(unlabelled), "limit": 6}
+    )
     train(TrainConfig.from_dict(config))
     return tmp_path
 
@@ -69,7 +79,9 @@ def test_training_stores_the_prior_of_the_unlabelled_texts_and_reload_applies_it
     predictor.use_calibration = True
     rows = predictor.classify(TEXTS)
     torch.testing.assert_close(torch.tensor([list(r["probabilities"].values()) for r in rows]), calibrated)
-    assert [r["label"] for r in rows] == [predictor.task().class_names[i] for i in calibrated.argmax(-1).tolist()]
+    assert [r["label"] for r in rows] == [
+        predictor.row_tokenizer().class_names[i] for i in calibrated.argmax(-1).tolist()
+    ]
     twice = predictor.ensemble_probabilities(TEXTS, [predictor.adapter_names[0]] * 2)
     torch.testing.assert_close(twice, calibrated)
 
@@ -87,18 +99,24 @@ def test_cli_calibrate_writes_the_prior_that_predict_then_uses(calibrated_run, t
     assert done.returncode == 0, done.stderr
     assert "class prior" in done.stdout
     expected_prior = plain.probabilities(read_texts(unlabelled, "Tweet text", limit=None)).mean(0)
-    assert json.loads((adapter / CALIBRATION_NAME).read_text())["prior"] == pytest.approx(expected_prior.tolist(), abs=1e-5)
+    assert json.loads((adapter / CALIBRATION_NAME).read_text())["prior"] == pytest.approx(
+        expected_prior.tolist(), abs=1e-5
+    )
 
     done = run_cli(["predict", str(adapter), *TEXTS[:2]])
     assert done.returncode == 0, done.stderr
     got = [json.loads(line)["p(complaint)"] for line in done.stdout.splitlines()]
-    expected = calibrate(plain.probabilities(TEXTS[:2]), expected_prior)[:, plain.task().class_names.index("complaint")]
+    expected = calibrate(plain.probabilities(TEXTS[:2]), expected_prior)[
+        :, plain.row_tokenizer().class_names.index("complaint")
+    ]
     assert got == pytest.approx(expected.tolist(), abs=1e-4)
 
     done = run_cli(["predict", str(adapter), "--no-calibration", *TEXTS[:2]])
     assert done.returncode == 0, done.stderr
     got = [json.loads(line)["p(complaint)"] for line in done.stdout.splitlines()]
-    assert got == pytest.approx(plain.probabilities(TEXTS[:2])[:, plain.task().class_names.index("complaint")].tolist(), abs=1e-4)
+    assert got == pytest.approx(
+        plain.probabilities(TEXTS[:2])[:, plain.row_tokenizer().class_names.index("complaint")].tolist(), abs=1e-4
+    )
 
 
 def test_config_rejects_a_calibration_without_texts(tmp_path):
@@ -113,12 +131,13 @@ def test_config_reads_the_texts_file_from_the_config_folder(tmp_path):
     (tmp_path / "conf").mkdir()
     (tmp_path / "conf" / "run.yaml").write_text(yaml.safe_dump(config))
     loaded = TrainConfig.from_yaml(tmp_path / "conf" / "run.yaml")
-    assert loaded.calibration["texts_file"] == str((tmp_path / "conf" / "unlabelled.csv").resolve())
+    assert loaded.calibration.texts_file == str((tmp_path / "conf" / "unlabelled.csv").resolve())
 
 
 def test_server_classify_applies_the_stored_prior(calibrated_run):
     from fastapi.testclient import TestClient
-    from softprompt.serve import create_app
+
+    from softprompt.serving import create_app
 
     predictor = Predictor.from_pretrained(str(calibrated_run / "run" / "adapter"))
     name = predictor.adapter_names[0]

@@ -2,6 +2,7 @@
 
 import peft
 import pytest
+
 import softprompt
 from softprompt import (
     ConfigError,
@@ -68,7 +69,9 @@ def test_unknown_method_name():
 )
 def test_field_names_and_defaults_match_peft(ours, theirs):
     mine = ours(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=20).to_dict()
-    peft_dict = {k: getattr(v, "value", v) for k, v in theirs(task_type="CAUSAL_LM", num_virtual_tokens=20).to_dict().items()}
+    peft_dict = {
+        k: getattr(v, "value", v) for k, v in theirs(task_type="CAUSAL_LM", num_virtual_tokens=20).to_dict().items()
+    }
     peft_dict.pop("peft_version")
     assert mine == peft_dict
 
@@ -82,7 +85,14 @@ def test_json_round_trip_and_method_dispatch():
 
 def test_peft_guide_names_are_exported():
     for name in [
-        "PromptTuningConfig", "PromptEncoderConfig", "PrefixTuningConfig", "PromptTuningInit", "TaskType",
-        "get_peft_model", "AutoPeftModelForCausalLM", "PeftModel", "PeftConfig",
+        "PromptTuningConfig",
+        "PromptEncoderConfig",
+        "PrefixTuningConfig",
+        "PromptTuningInit",
+        "TaskType",
+        "get_peft_model",
+        "AutoPeftModelForCausalLM",
+        "PeftModel",
+        "PeftConfig",
     ]:
         assert name in softprompt.__all__ and hasattr(softprompt, name)

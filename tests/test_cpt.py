@@ -5,6 +5,7 @@ import copy
 import peft
 import pytest
 import torch
+
 from softprompt import ConfigError, CPTConfig, PeftModel, PrefixTuningConfig, get_peft_model
 from tiny_models import left_padded_batch, tiny_model
 
@@ -16,8 +17,14 @@ TYPES = [1, 2, 2, 3, 4, 4, 4, 5, 6, 6, 7, 8, 8]
 
 
 def configs(decay="decay"):
-    options = dict(cpt_token_ids=TOKEN_IDS, cpt_tokens_type_mask=TYPES, opt_weighted_loss_type=decay,
-                   opt_loss_decay_factor=0.5, opt_projection_epsilon=0.5, opt_projection_format_epsilon=0.3)
+    options = dict(
+        cpt_token_ids=TOKEN_IDS,
+        cpt_tokens_type_mask=TYPES,
+        opt_weighted_loss_type=decay,
+        opt_loss_decay_factor=0.5,
+        opt_projection_epsilon=0.5,
+        opt_projection_format_epsilon=0.3,
+    )
     return CPTConfig(**options), peft.CPTConfig(task_type="CAUSAL_LM", cpt_mask=[1] * len(TOKEN_IDS), **options)
 
 
@@ -48,7 +55,9 @@ def test_loss_and_gradients_equal_peft(arch, decay):
     our_loss.backward()
     their_loss.backward()
     ours_grad = ours.prompt_source.delta_embedding.weight.grad
-    torch.testing.assert_close(ours_grad, theirs.prompt_encoder["default"].delta_embedding.weight.grad, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        ours_grad, theirs.prompt_encoder["default"].delta_embedding.weight.grad, atol=1e-5, rtol=1e-4
+    )
     labels_rows = torch.tensor(TYPES) % 4 == 0
     assert ours_grad[labels_rows].abs().sum() == 0 and ours_grad[~labels_rows].abs().sum() > 0  # labels stay fixed
     assert ours.prompt_source.embedding.weight.grad is None
@@ -58,7 +67,9 @@ def test_loss_and_gradients_equal_peft(arch, decay):
     torch.testing.assert_close(copied.prompt_source.delta_embedding.weight.grad, ours_grad)
     # without an input_type_mask every input label counts, as in PEFT
     plain = ours(input_ids=ids, attention_mask=mask, labels=labels).loss
-    torch.testing.assert_close(plain, theirs(input_ids=ids, attention_mask=mask, labels=labels).loss, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        plain, theirs(input_ids=ids, attention_mask=mask, labels=labels).loss, atol=1e-5, rtol=1e-5
+    )
 
 
 def test_deltas_stay_inside_their_bounds():
@@ -83,7 +94,9 @@ def test_peft_reads_our_cpt_adapter_and_we_read_peft(tmp_path):
     loaded_by_us = PeftModel.from_pretrained(tiny_model("llama_gqa"), tmp_path / "peft").eval()
     with torch.no_grad():
         expected = ours.eval()(input_ids=ids).logits
-        torch.testing.assert_close(loaded_by_peft(input_ids=ids).logits[:, -ids.shape[1]:], expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            loaded_by_peft(input_ids=ids).logits[:, -ids.shape[1] :], expected, atol=1e-5, rtol=1e-5
+        )
         torch.testing.assert_close(loaded_by_us(input_ids=ids).logits, expected, atol=1e-5, rtol=1e-5)
 
 
@@ -94,7 +107,7 @@ def test_a_cpt_prompt_is_exact_under_left_padding():
     with torch.no_grad():
         batched = ours(input_ids=input_ids, attention_mask=attention_mask).logits
         for i, row in enumerate(rows):
-            torch.testing.assert_close(batched[i, -len(row):], ours(input_ids=row[None]).logits[0], atol=1e-4, rtol=0)
+            torch.testing.assert_close(batched[i, -len(row) :], ours(input_ids=row[None]).logits[0], atol=1e-4, rtol=0)
 
 
 def test_cpt_config_errors_are_clear():
@@ -111,10 +124,9 @@ def test_cpt_config_errors_are_clear():
         model(input_ids=ids, labels=ids, input_type_mask=torch.ones_like(ids))
 
 
-
 def test_the_training_workflow_takes_a_cpt_prompt(tmp_path):
     from softprompt import Predictor
-    from softprompt.train import TrainConfig, train
+    from softprompt.training import TrainConfig, train
     from tiny_run import run_config
 
     options = {"cpt_token_ids": [40, 41, 42, 43, 44], "cpt_tokens_type_mask": [1, 2, 2, 3, 4]}

@@ -3,9 +3,11 @@
 import json
 
 import pytest
+from transformers import AutoTokenizer
+
 from softprompt.data import (
     DataError,
-    Encoder,
+    RowTokenizer,
     TaskSpec,
     collate_training,
     length_grouped_batches,
@@ -13,7 +15,6 @@ from softprompt.data import (
     resolve_label_names,
 )
 from tiny_run import make_tiny_model_folder, toy_rows, write_csv
-from transformers import AutoTokenizer
 
 NAMES = ["Unlabeled", "complaint", "no complaint"]
 
@@ -24,7 +25,7 @@ def tokenizer(tmp_path_factory):
 
 
 def encoder_for(tokenizer, **spec):
-    return Encoder(tokenizer, TaskSpec(label_names=NAMES, **spec), NAMES)
+    return RowTokenizer(tokenizer, TaskSpec(label_names=NAMES, **spec), NAMES)
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".json", ".jsonl", ".parquet", ".tsv"])
@@ -51,7 +52,9 @@ def test_prompt_is_masked_and_label_and_eos_are_targets(tokenizer):
     encoder = encoder_for(tokenizer)
     example = encoder.encode({"Tweet text": "my order never arrived", "Label": 1})
     assert tokenizer.decode(example.prompt_ids) == "Tweet text : my order never arrived Label : "
-    assert example.target_ids == tokenizer("complaint", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    assert example.target_ids == tokenizer("complaint", add_special_tokens=False)["input_ids"] + [
+        tokenizer.eos_token_id
+    ]
     batch = collate_training([example], tokenizer.pad_token_id)
     n = len(example.prompt_ids)
     assert batch["labels"][0, :n].eq(-100).all() and batch["labels"][0, n:].tolist() == example.target_ids

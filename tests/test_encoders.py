@@ -5,10 +5,6 @@ import peft
 import pytest
 import torch
 from safetensors.torch import load_file
-from softprompt import PeftModel, PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, get_peft_model
-from softprompt.compat import frozen_prefix_cache
-from softprompt.compat import PrefixCall, prefix_attention_context
-from tiny_models import without_dropout
 from transformers import (
     AutoModelForMaskedLM,
     AutoModelForSequenceClassification,
@@ -18,20 +14,32 @@ from transformers import (
     RobertaConfig,
 )
 
+from softprompt import PeftModel, PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, get_peft_model
+from softprompt.compat import PrefixCall, frozen_prefix_cache, prefix_attention_context
+from tiny_models import without_dropout
+
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")  # PEFT's call
 VOCAB, LABELS = 128, 3
 ENCODERS = {
-    "bert": lambda: BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64),
-    "roberta": lambda: RobertaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64),
+    "bert": lambda: BertConfig(
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
+    ),
+    "roberta": lambda: RobertaConfig(
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
+    ),
     "distilbert": lambda: DistilBertConfig(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, hidden_dim=64),
     # its attention bypasses transformers' attention interface: softprompt rewrites its forward (compat.py)
-    "mpnet": lambda: MPNetConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64),
+    "mpnet": lambda: MPNetConfig(
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
+    ),
 }
 METHODS = {
     "prompt_tuning": lambda: PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=4),
     "p_tuning": lambda: PromptEncoderConfig(task_type="SEQ_CLS", num_virtual_tokens=4, encoder_hidden_size=16),
     "prefix_tuning": lambda: PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=4),
-    "prefix_projection": lambda: PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=4, prefix_projection=True, encoder_hidden_size=16),
+    "prefix_projection": lambda: PrefixTuningConfig(
+        task_type="SEQ_CLS", num_virtual_tokens=4, prefix_projection=True, encoder_hidden_size=16
+    ),
 }
 
 
@@ -95,8 +103,10 @@ def test_bert_prefix_equals_the_backbone_run_with_a_prefix_cache():
     layers = [(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in states.layers]
     with torch.no_grad():
         hidden = base.bert(
-            input_ids=ids, attention_mask=torch.cat([torch.ones(batch, virtual, dtype=torch.long), mask], 1),
-            position_ids=torch.arange(ids.shape[1]).expand(batch, -1), cache=frozen_prefix_cache(layers),
+            input_ids=ids,
+            attention_mask=torch.cat([torch.ones(batch, virtual, dtype=torch.long), mask], 1),
+            position_ids=torch.arange(ids.shape[1]).expand(batch, -1),
+            cache=frozen_prefix_cache(layers),
         )
         reference = model.heads["default"](hidden.pooler_output)
         torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).logits, reference, atol=1e-5, rtol=1e-5)
@@ -114,16 +124,24 @@ def test_peft_reads_ours_and_we_read_peft(method, arch, tmp_path):
     theirs = peft.PeftModel.from_pretrained(encoder(arch), tmp_path / "ours").eval()
     ids, mask, _ = right_padded()
     with torch.no_grad():
-        torch.testing.assert_close(ours(input_ids=ids, attention_mask=mask).logits, theirs(input_ids=ids, attention_mask=mask).logits,
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            ours(input_ids=ids, attention_mask=mask).logits,
+            theirs(input_ids=ids, attention_mask=mask).logits,
+            atol=1e-5,
+            rtol=1e-5,
+        )
     config = {"prompt_tuning": peft.PromptTuningConfig, "p_tuning": peft.PromptEncoderConfig}[method]
     extra = {"encoder_hidden_size": 16} if method == "p_tuning" else {}
     trained = peft.get_peft_model(encoder(arch), config(task_type="SEQ_CLS", num_virtual_tokens=4, **extra)).eval()
     trained.save_pretrained(tmp_path / "peft")
     loaded = PeftModel.from_pretrained(encoder(arch), tmp_path / "peft")
     with torch.no_grad():
-        torch.testing.assert_close(loaded(input_ids=ids, attention_mask=mask).logits,
-                                   trained(input_ids=ids, attention_mask=mask).logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            loaded(input_ids=ids, attention_mask=mask).logits,
+            trained(input_ids=ids, attention_mask=mask).logits,
+            atol=1e-5,
+            rtol=1e-5,
+        )
 
 
 def test_p_tuning_v2_runs_where_peft_refuses(tmp_path):

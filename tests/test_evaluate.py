@@ -2,11 +2,13 @@
 
 import pytest
 import torch
-from softprompt import PrefixTuningConfig, PromptTuningConfig, get_peft_model
-from softprompt.data import Encoder, TaskSpec
-from softprompt.evaluate import classification_metrics, classify_by_generation, match_label, score_labels
-from tiny_run import make_tiny_model_folder, toy_rows
 from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from softprompt import PrefixTuningConfig, PromptTuningConfig, get_peft_model
+from softprompt.data import RowTokenizer, TaskSpec
+from softprompt.inference.metrics import classification_metrics
+from softprompt.task_types.causal_lm import classify_by_generation, match_label, score_labels
+from tiny_run import make_tiny_model_folder, toy_rows
 
 NAMES = ["Unlabeled", "complaint", "no complaint"]
 
@@ -15,12 +17,16 @@ NAMES = ["Unlabeled", "complaint", "no complaint"]
 def setup(tmp_path_factory):
     folder = make_tiny_model_folder(tmp_path_factory.mktemp("tiny"))
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    encoder = Encoder(tokenizer, TaskSpec(label_names=NAMES), NAMES)
+    encoder = RowTokenizer(tokenizer, TaskSpec(label_names=NAMES), NAMES)
     examples = [encoder.encode(row) for row in toy_rows(7, seed=3)]
     return folder, encoder, examples
 
 
-@pytest.mark.parametrize("config", [PromptTuningConfig(num_virtual_tokens=3), PrefixTuningConfig(num_virtual_tokens=3)], ids=["prompt", "prefix"])
+@pytest.mark.parametrize(
+    "config",
+    [PromptTuningConfig(num_virtual_tokens=3), PrefixTuningConfig(num_virtual_tokens=3)],
+    ids=["prompt", "prefix"],
+)
 def test_batched_label_scores_equal_one_row_at_a_time(setup, config):
     folder, encoder, examples = setup
     torch.manual_seed(0)
@@ -39,7 +45,9 @@ def test_batched_label_scores_equal_one_row_at_a_time(setup, config):
 
 def test_generation_classifier_returns_labels_or_unmatched(setup):
     folder, encoder, examples = setup
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(folder), PromptTuningConfig(num_virtual_tokens=3)).eval()
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(folder), PromptTuningConfig(num_virtual_tokens=3)
+    ).eval()
     predictions, texts = classify_by_generation(model, encoder, examples, batch_size=4, progress=False)
     assert len(predictions) == len(examples) == len(texts)
     assert all(p in (-1, 0, 1) for p in predictions)
@@ -70,11 +78,14 @@ def test_metrics_match_hand_counts():
 
 def test_eval_loss_from_label_scores_equals_the_teacher_forced_loss(setup):
     from softprompt.data import collate_training
-    from softprompt.train import TrainConfig, evaluate_examples
+    from softprompt.training import TrainConfig
+    from softprompt.training.evaluation import evaluate_examples
 
     folder, encoder, examples = setup
     torch.manual_seed(0)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(folder), PromptTuningConfig(num_virtual_tokens=3)).eval()
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(folder), PromptTuningConfig(num_virtual_tokens=3)
+    ).eval()
     config = TrainConfig(train_file="x.csv", eval_batch_size=3, progress=False)
     metrics = evaluate_examples(model, encoder, examples, config)
     batch = collate_training(examples, encoder.tokenizer.pad_token_id)

@@ -23,8 +23,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
-from softprompt import PrefixTuningConfig, PromptTuningConfig, get_peft_model
+
 from fsdp_trainer_run import leave_without_teardown
+from softprompt import PrefixTuningConfig, PromptTuningConfig, get_peft_model
 from tiny_models import VOCAB, tiny_model
 
 WORLD = 2
@@ -115,17 +116,38 @@ def test_fsdp2_prompt_gradient_equals_the_single_process_gradient():
 def launch_fsdp_trainer(out, resume_from=None):
     """tests/fsdp_trainer_run.py on 2 processes: accelerate's FSDP2 preparation, softprompt.Trainer's saves."""
     launcher = Path(sys.executable).with_name("accelerate")
-    command = [str(launcher), "launch", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-               "--dynamo_backend", "no", "--main_process_port", str(free_port()), "--use_fsdp", "--fsdp_version", "2",
-               str(Path(__file__).with_name("fsdp_trainer_run.py")),
-               str(out), *([str(resume_from)] if resume_from else [])]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    command = [
+        str(launcher),
+        "launch",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        "--use_fsdp",
+        "--fsdp_version",
+        "2",
+        str(Path(__file__).with_name("fsdp_trainer_run.py")),
+        str(out),
+        *([str(resume_from)] if resume_from else []),
+    ]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, check=False, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
 
 
 def saved_tensors(folder) -> dict[str, torch.Tensor]:
-    return {f"{name}:{key}": value for name in ("adapter_model.safetensors", "prompt_source.safetensors")
-            for key, value in load_file(Path(folder) / name).items()}
+    return {
+        f"{name}:{key}": value
+        for name in ("adapter_model.safetensors", "prompt_source.safetensors")
+        for key, value in load_file(Path(folder) / name).items()
+    }
 
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo")
@@ -140,16 +162,27 @@ def test_accelerate_fsdp_trainer_saves_adapters_only_equal_to_one_process_and_re
         case = f"{task}-{method}"
         checkpoint = {path.name for path in (tmp_path / "sharded" / case / "checkpoint-1").iterdir()}
         assert ADAPTER_FILES <= checkpoint and "optimizer_0" in checkpoint, (case, checkpoint)
-        assert not any("model_fsdp" in name or name.startswith("model") for name in checkpoint), (case, checkpoint)  # no base
+        assert not any("model_fsdp" in name or name.startswith("model") for name in checkpoint), (
+            case,
+            checkpoint,
+        )  # no base
         # one process, the same 4 rows as one batch (the 2 ranks' batches of 2 are each step's whole data)
         model = case_model(task, method)
-        Trainer(model=model, args=arguments(tmp_path / "single" / case, per_device_train_batch_size=ROWS, max_steps=STEPS),
-                train_dataset=rows(task, ROWS)).train()
+        Trainer(
+            model=model,
+            args=arguments(tmp_path / "single" / case, per_device_train_batch_size=ROWS, max_steps=STEPS),
+            train_dataset=rows(task, ROWS),
+        ).train()
         model.save_pretrained(tmp_path / "single" / case / "final", include_prompt_source=True)
-        sharded, single = saved_tensors(tmp_path / "sharded" / case / "final"), saved_tensors(tmp_path / "single" / case / "final")
+        sharded, single = (
+            saved_tensors(tmp_path / "sharded" / case / "final"),
+            saved_tensors(tmp_path / "single" / case / "final"),
+        )
         assert sharded.keys() == single.keys()
         for key in single:
             torch.testing.assert_close(sharded[key], single[key], atol=1e-5, rtol=1e-4, msg=f"{case} {key}")
-        resumed = saved_tensors(tmp_path / "resumed" / case / "final")  # from checkpoint-1: adapters, AdamW state, schedule
+        resumed = saved_tensors(
+            tmp_path / "resumed" / case / "final"
+        )  # from checkpoint-1: adapters, AdamW state, schedule
         for key in single:
             torch.testing.assert_close(resumed[key], sharded[key], atol=1e-6, rtol=0, msg=f"{case} {key} resumed")

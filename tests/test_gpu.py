@@ -11,10 +11,12 @@ import copy
 import os
 
 import pytest
+import torch
+
 import test_encoders
 import test_seq2seq
 import test_seq_cls
-import torch
+from softprompt import PeftModel, Predictor, get_peft_model
 from test_correctness import greedy_by_forward
 from test_multi_adapter import LENGTHS, ROWS, alone, multi_adapter_model
 from tiny_models import (
@@ -25,8 +27,6 @@ from tiny_models import (
     trainable,
     without_dropout,
 )
-
-from softprompt import PeftModel, Predictor, get_peft_model
 
 CUDA = os.environ.get("SOFTPROMPT_TEST_DEVICE", "cuda")
 pytestmark = [
@@ -114,13 +114,17 @@ def test_causal_lm_trains_the_prompt_only_on_the_gpu(method, arch, dtype):
     model.base_model.to(dtype)  # a frozen base in the dtype, the trained prompt kept in float32 (as PEFT does)
     frozen = {name: p.detach().clone() for name, p in model.base_model.named_parameters()}
     input_ids, attention_mask, _ = left_padded_batch()
-    batch = dict(input_ids=input_ids, attention_mask=attention_mask, labels=input_ids.masked_fill(attention_mask == 0, -100))
+    batch = dict(
+        input_ids=input_ids, attention_mask=attention_mask, labels=input_ids.masked_fill(attention_mask == 0, -100)
+    )
     expected = reference(**batch).loss
     expected.backward()
     loss = model(**to_gpu(batch)).loss
     loss.backward()
     assert_near(loss, expected, tolerance, "loss")
-    for (name, p), (_, p_cpu) in zip(model.prompt_source.named_parameters(), reference.prompt_source.named_parameters()):
+    for (name, p), (_, p_cpu) in zip(
+        model.prompt_source.named_parameters(), reference.prompt_source.named_parameters()
+    ):
         if p_cpu.grad is None:
             assert p.grad is None, name  # CPT's frozen example embeddings
             continue
@@ -141,12 +145,14 @@ def test_mixed_adapters_per_row_on_the_gpu(dtype):
     with torch.no_grad():
         mixed = model(**to_gpu(dict(input_ids=input_ids, attention_mask=attention_mask)), adapter_names=ROWS).logits
         for i, (name, row) in enumerate(zip(ROWS, rows)):
-            expected = alone(model, name, lambda: model(input_ids=row[None].to(CUDA)).logits[0])
+            expected = alone(model, name, lambda row=row: model(input_ids=row[None].to(CUDA)).logits[0])
             assert_near(mixed[i, -len(row) :], expected, tolerance, f"row {i} ({name})")
     if dtype == torch.float32:  # greedy choices of a padded batch and of a row alone may part at bfloat16's ties
-        generated = model.generate(**to_gpu(dict(input_ids=input_ids, attention_mask=attention_mask)), adapter_names=ROWS, **settings)
+        generated = model.generate(
+            **to_gpu(dict(input_ids=input_ids, attention_mask=attention_mask)), adapter_names=ROWS, **settings
+        )
         for i, (name, row) in enumerate(zip(ROWS, rows)):
-            expected = alone(model, name, lambda: model.generate(input_ids=row[None].to(CUDA), **settings)[0])
+            expected = alone(model, name, lambda row=row: model.generate(input_ids=row[None].to(CUDA), **settings)[0])
             assert generated[i, -len(expected) :].tolist() == expected.tolist(), (name, i)
 
 
@@ -226,7 +232,9 @@ def test_sequence_classification_on_the_gpu_equals_the_cpu_and_trains_prompt_and
         got = model(**to_gpu(dict(input_ids=ids, attention_mask=mask))).logits
         assert_near(got, expected, tolerance, "logits against the CPU")
         for i, row in enumerate(rows):
-            assert_near(got[i], model(input_ids=row[None].to(CUDA)).logits[0], tolerance, f"row {i} padded against alone")
+            assert_near(
+                got[i], model(input_ids=row[None].to(CUDA)).logits[0], tolerance, f"row {i} padded against alone"
+            )
     model.train()
     labels = torch.tensor([0, 2, 1][: len(rows)])
     loss = model(**to_gpu(dict(input_ids=ids, attention_mask=mask, labels=labels))).loss
@@ -258,12 +266,20 @@ def test_predictor_on_the_gpu_gives_the_cpu_probabilities(trained_adapters, dtyp
 # ---- a prefix started from a text, computed on the GPU ------------------------------------------------------
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_a_text_started_prefix_computed_on_the_gpu_reads_the_text_first(dtype, monkeypatch):
-    from softprompt import PrefixTuningConfig, models
+    from softprompt import PrefixTuningConfig
+    from softprompt import base_models as models
 
     dtype, tolerance = DTYPES[dtype]
     text = [5, 6, 7, 8]  # what the stub tokenizer reads the init text as
-    monkeypatch.setattr(models, "load_tokenizer", lambda name, **kwargs: lambda text_, **options: {"input_ids": list(text)})
-    config = lambda: PrefixTuningConfig(num_virtual_tokens=4, prefix_init_text="a task description", tokenizer_name_or_path="stub")  # noqa: E731
+    monkeypatch.setattr(
+        models, "load_tokenizer", lambda name, **kwargs: lambda text_, **options: {"input_ids": list(text)}
+    )
+
+    def config():
+        return PrefixTuningConfig(
+            num_virtual_tokens=4, prefix_init_text="a task description", tokenizer_name_or_path="stub"
+        )
+
     on_cpu = get_peft_model(tiny_model("llama_gqa"), config())
     model = get_peft_model(tiny_model("llama_gqa").to(CUDA, dtype), config()).eval()  # the table computed there
     table = model.prompt_source.embedding.weight

@@ -7,10 +7,12 @@ import peft
 import pytest
 import torch
 from safetensors.torch import load_file
+
 from softprompt import MultitaskPromptTuningConfig, PeftModel, Predictor, cli, get_peft_model
+from softprompt.base_models import load_base_model, load_tokenizer
 from softprompt.data import Example, collate_training
-from softprompt.models import load_base_model, load_tokenizer
-from softprompt.train import TrainConfig, load_tasks_data, train
+from softprompt.training import TrainConfig, train
+from softprompt.training.examples import load_tasks_data
 from tiny_run import BAD, GOOD, run_config, toy_rows, write_csv
 
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
@@ -18,20 +20,31 @@ pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is d
 
 def mood_rows(count: int, seed: int) -> list[dict]:
     """A second toy task with its own columns, label strings, template and label words."""
-    return [{"text": row["Tweet text"], "mood": "cross" if row["Label"] == 1 else "glad"} for row in toy_rows(count, seed)]
+    return [
+        {"text": row["Tweet text"], "mood": "cross" if row["Label"] == 1 else "glad"} for row in toy_rows(count, seed)
+    ]
 
 
 def source_config(tmp_path, **overrides) -> dict:
-    config = run_config(tmp_path, "multitask_prompt_tuning", epochs=2, lr=0.1,
-                        method_options={"num_virtual_tokens": 4, "num_ranks": 2})
+    config = run_config(
+        tmp_path, "multitask_prompt_tuning", epochs=2, lr=0.1, method_options={"num_virtual_tokens": 4, "num_ranks": 2}
+    )
     for name in ("train_file", "eval_file", "task"):
         config.pop(name)
     config["tasks"] = [
-        {"name": "complaints", "train_file": str(tmp_path / "train.csv"), "eval_file": str(tmp_path / "dev.csv"),
-         "task": {"label_names": ["Unlabeled", "complaint", "no complaint"], "max_length": 32}},
-        {"name": "mood", "train_file": str(write_csv(tmp_path / "mood.csv", mood_rows(16, seed=3))),
-         "eval_file": str(write_csv(tmp_path / "mood_dev.csv", mood_rows(8, seed=4))), "max_train_rows": 12,
-         "task": {"text_columns": ["text"], "label_column": "mood", "template": "{text} feels", "max_length": 32}},
+        {
+            "name": "complaints",
+            "train_file": str(tmp_path / "train.csv"),
+            "eval_file": str(tmp_path / "dev.csv"),
+            "task": {"label_names": ["Unlabeled", "complaint", "no complaint"], "max_length": 32},
+        },
+        {
+            "name": "mood",
+            "train_file": str(write_csv(tmp_path / "mood.csv", mood_rows(16, seed=3))),
+            "eval_file": str(write_csv(tmp_path / "mood_dev.csv", mood_rows(8, seed=4))),
+            "max_train_rows": 12,
+            "task": {"text_columns": ["text"], "label_column": "mood", "template": "{text} feels", "max_length": 32},
+        },
     ]
     config.update(overrides)
     return config
@@ -71,14 +84,16 @@ def test_rows_carry_their_task_id_and_get_their_tasks_prompt(source):
     mixed = [parts[0].train[0], parts[1].train[0], parts[0].train[1], parts[1].train[1]]
     batch = collate_training(mixed, tokenizer.pad_token_id)
     assert batch["task_ids"].tolist() == [0, 1, 0, 1]
-    assert "task_ids" not in collate_training([Example([5], [6], 0, False, "x")], tokenizer.pad_token_id)  # one task: as before
+    assert "task_ids" not in collate_training(
+        [Example([5], [6], 0, False, "x")], tokenizer.pad_token_id
+    )  # one task: as before
 
     model = PeftModel.from_pretrained(load_base_model(config.model), str(tmp_path / "run" / "adapter")).eval()
     with torch.no_grad():
         together = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
         ids = torch.tensor([mixed[1].prompt_ids + mixed[1].target_ids])
         as_task = {task: model(input_ids=ids, task_ids=[task]).logits[0] for task in (0, 1)}
-    row = together[1, -ids.shape[1]:]
+    row = together[1, -ids.shape[1] :]
     torch.testing.assert_close(row, as_task[1], atol=1e-4, rtol=0)  # the batch ran row 1 with task 1's prompt
     assert (as_task[0] - as_task[1]).abs().max() > 1e-3  # and task 0's prompt gives other logits
 
@@ -101,7 +116,12 @@ def test_eval_and_predict_pick_a_task_by_name_or_id(source, capsys):
     assert [set(r) for r in rows] == [{"text", "label", "p(cross)", "p(glad)"}] * 2
     assert cli.main(["predict", adapter, "--task", "mood", "--generate", "--max-new-tokens", "2", "hello"]) == 0
     assert "generated" in json.loads(capsys.readouterr().out)  # a prompt as written, run with the chosen task's prompt
-    assert cli.main(["eval", adapter, "--task", "mood", "--method", "generation", "--data", str(tmp_path / "mood_dev.csv")]) == 0
+    assert (
+        cli.main(
+            ["eval", adapter, "--task", "mood", "--method", "generation", "--data", str(tmp_path / "mood_dev.csv")]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["count"] == 8
     assert cli.main(["info", adapter]) == 0
     assert [t["name"] for t in json.loads(capsys.readouterr().out)["tasks"]] == ["complaints", "mood"]
@@ -111,9 +131,11 @@ def test_eval_and_predict_pick_a_task_by_name_or_id(source, capsys):
     mood = Predictor.from_pretrained(adapter, task="mood")
     scores = mood.probabilities([BAD[0]])
     model = mood.model
-    encoder = mood.task()
+    encoder = mood.row_tokenizer()
     ids = torch.tensor([encoder.encode({"text": BAD[0]}, labelled=False).prompt_ids])
-    by_hand = model.score_continuations(ids, torch.ones_like(ids), [encoder.target_ids(k) for k in range(2)], task_ids=[1])
+    by_hand = model.score_continuations(
+        ids, torch.ones_like(ids), [encoder.target_ids(k) for k in range(2)], task_ids=[1]
+    )
     torch.testing.assert_close(scores, by_hand.softmax(-1), atol=1e-5, rtol=0)  # scored with task 1's prompt
 
 
@@ -121,11 +143,18 @@ def test_eval_and_predict_pick_a_task_by_name_or_id(source, capsys):
 def test_a_target_from_the_trained_source_starts_as_peft_starts_it(init, source):
     tmp_path, config, _ = source
     weights = str(tmp_path / "run" / "adapter" / "adapter_model.safetensors")
-    options = dict(num_virtual_tokens=4, num_ranks=2, num_tasks=1, prompt_tuning_init=init,
-                   prompt_tuning_init_state_dict_path=weights, prompt_tuning_init_task=1)
+    options = dict(
+        num_virtual_tokens=4,
+        num_ranks=2,
+        num_tasks=1,
+        prompt_tuning_init=init,
+        prompt_tuning_init_state_dict_path=weights,
+        prompt_tuning_init_task=1,
+    )
     ours = get_peft_model(load_base_model(config["model"]), MultitaskPromptTuningConfig(**options)).prompt_source
-    theirs = peft.get_peft_model(load_base_model(config["model"]),
-                                 peft.MultitaskPromptTuningConfig(task_type="CAUSAL_LM", **options)).prompt_encoder["default"]
+    theirs = peft.get_peft_model(
+        load_base_model(config["model"]), peft.MultitaskPromptTuningConfig(task_type="CAUSAL_LM", **options)
+    ).prompt_encoder["default"]
     assert torch.equal(ours.embedding.weight, theirs.embedding.weight)
     if init == "ONLY_SOURCE_SHARED":  # the factors start fresh in both (PEFT's random draw)
         source = load_file(weights)
@@ -138,9 +167,19 @@ def test_a_target_from_the_trained_source_starts_as_peft_starts_it(init, source)
 
 def test_a_target_config_trains_from_the_source_folder(source, tmp_path):
     source_dir, _, _ = source
-    config = run_config(source_dir, "multitask_prompt_tuning", epochs=1, output_dir=str(tmp_path / "target"), method_options={
-        "num_virtual_tokens": 4, "num_ranks": 2, "prompt_tuning_init": "EXACT_SOURCE_TASK", "prompt_tuning_init_task": 0,
-        "prompt_tuning_init_state_dict_path": str(source_dir / "run" / "adapter")})
+    config = run_config(
+        source_dir,
+        "multitask_prompt_tuning",
+        epochs=1,
+        output_dir=str(tmp_path / "target"),
+        method_options={
+            "num_virtual_tokens": 4,
+            "num_ranks": 2,
+            "prompt_tuning_init": "EXACT_SOURCE_TASK",
+            "prompt_tuning_init_task": 0,
+            "prompt_tuning_init_state_dict_path": str(source_dir / "run" / "adapter"),
+        },
+    )
     assert train(TrainConfig.from_dict(config))["epoch"] == 1
     saved = load_file(str(tmp_path / "target" / "adapter" / "adapter_model.safetensors"))
     assert saved["prefix_task_cols"].shape == (1, 4, 2)

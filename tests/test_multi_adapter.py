@@ -3,17 +3,34 @@
 import peft
 import pytest
 import torch
-from softprompt import AdapterError, PeftModel, PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, get_peft_model
+
+from softprompt import (
+    AdapterError,
+    PeftModel,
+    PrefixTuningConfig,
+    PromptEncoderConfig,
+    PromptTuningConfig,
+    get_peft_model,
+)
 from tiny_models import ARCHITECTURES, left_padded_batch, tiny_model
 
 # Different methods and prompt lengths; "pt" comes first so that it is the active adapter.
 ADAPTERS = {
     "pt": lambda: PromptTuningConfig(num_virtual_tokens=3),
-    "lstm": lambda: PromptEncoderConfig(num_virtual_tokens=5, encoder_hidden_size=16, encoder_reparameterization_type="LSTM"),
+    "lstm": lambda: PromptEncoderConfig(
+        num_virtual_tokens=5, encoder_hidden_size=16, encoder_reparameterization_type="LSTM"
+    ),
     "prefix": lambda: PrefixTuningConfig(num_virtual_tokens=6),
     "projection": lambda: PrefixTuningConfig(num_virtual_tokens=2, prefix_projection=True, encoder_hidden_size=16),
 }
-ROWS = ["lstm", None, "prefix", "pt", "__base__", "projection"]  # one adapter per row; None and "__base__": the bare model
+ROWS = [
+    "lstm",
+    None,
+    "prefix",
+    "pt",
+    "__base__",
+    "projection",
+]  # one adapter per row; None and "__base__": the bare model
 LENGTHS = (7, 4, 2, 5, 3, 6)
 
 
@@ -42,7 +59,7 @@ def test_mixed_adapter_batch_gives_each_row_its_own_adapters_logits(arch):
     with torch.no_grad():
         mixed = model(input_ids=input_ids, attention_mask=attention_mask, adapter_names=ROWS).logits  # [B, T, V]
         for i, (name, row) in enumerate(zip(ROWS, rows)):
-            expected = alone(model, name, lambda: model(input_ids=row[None]).logits[0])
+            expected = alone(model, name, lambda row=row: model(input_ids=row[None]).logits[0])
             torch.testing.assert_close(mixed[i, -len(row) :], expected, atol=1e-4, rtol=0)
         # the bare-model rows equal the base model itself
         base = model.base_model(input_ids=rows[1][None]).logits[0]
@@ -60,7 +77,7 @@ def test_mixed_adapter_greedy_generation_equals_each_row_alone(arch):
     settings = dict(max_new_tokens=5, do_sample=False, pad_token_id=0, eos_token_id=None)
     mixed = model.generate(input_ids=input_ids, attention_mask=attention_mask, adapter_names=ROWS, **settings)
     for i, (name, row) in enumerate(zip(ROWS, rows)):
-        expected = alone(model, name, lambda: model.generate(input_ids=row[None], **settings)[0])
+        expected = alone(model, name, lambda row=row: model.generate(input_ids=row[None], **settings)[0])
         assert mixed[i, -len(expected) :].tolist() == expected.tolist(), (name, i)
 
 
@@ -73,13 +90,17 @@ def test_mixed_adapter_label_scores_equal_each_row_alone(arch):
     mixed = model.score_continuations(input_ids, attention_mask, per_row, adapter_names=ROWS)  # [B, 3]
     assert mixed.shape == (len(ROWS), 3)
     for i, (name, row) in enumerate(zip(ROWS, rows)):
-        expected = alone(model, name, lambda: model.score_continuations(row[None], torch.ones_like(row[None]), per_row[i])[0])
+        expected = alone(
+            model,
+            name,
+            lambda row=row, i=i: model.score_continuations(row[None], torch.ones_like(row[None]), per_row[i])[0],
+        )
         torch.testing.assert_close(mixed[i, : len(per_row[i])], expected, atol=1e-4, rtol=0)
         assert torch.isinf(mixed[i, len(per_row[i]) :]).all()
         # the same as summing the log-probabilities from full forwards of input + continuation
         for k, tokens in enumerate(per_row[i]):
             full = torch.cat([row, torch.tensor(tokens)])[None]
-            logits = alone(model, name, lambda: model(input_ids=full).logits[0])
+            logits = alone(model, name, lambda full=full: model(input_ids=full).logits[0])
             logprobs = logits[len(row) - 1 : -1].log_softmax(-1)
             reference = logprobs[torch.arange(len(tokens)), torch.tensor(tokens)].sum()
             torch.testing.assert_close(mixed[i, k], reference, atol=1e-4, rtol=0)
@@ -88,10 +109,12 @@ def test_mixed_adapter_label_scores_equal_each_row_alone(arch):
 def test_mixed_batch_with_beams_matches_each_row_alone():
     model = multi_adapter_model("llama_gqa")
     input_ids, attention_mask, rows = left_padded_batch(lengths=LENGTHS)
-    settings = dict(max_new_tokens=4, do_sample=False, num_beams=2, num_return_sequences=2, pad_token_id=0, eos_token_id=None)
+    settings = dict(
+        max_new_tokens=4, do_sample=False, num_beams=2, num_return_sequences=2, pad_token_id=0, eos_token_id=None
+    )
     mixed = model.generate(input_ids=input_ids, attention_mask=attention_mask, adapter_names=ROWS, **settings)
     for i, (name, row) in enumerate(zip(ROWS, rows)):
-        expected = alone(model, name, lambda: model.generate(input_ids=row[None], **settings))
+        expected = alone(model, name, lambda row=row: model.generate(input_ids=row[None], **settings))
         for j in range(2):
             assert mixed[2 * i + j, -expected.shape[1] :].tolist() == expected[j].tolist()
 
@@ -138,7 +161,10 @@ def test_the_prompt_states_cache_keeps_to_its_byte_limit():
         model.states_cache_limit = sizes["lstm"] + sizes["prefix"]
         for name in ["pt", "lstm", "prefix"]:
             model.prompt_states(name)
-        assert list(model.states_cache) == [("lstm", 0), ("prefix", 0)] and model.prompt_cache_bytes() <= model.states_cache_limit
+        assert (
+            list(model.states_cache) == [("lstm", 0), ("prefix", 0)]
+            and model.prompt_cache_bytes() <= model.states_cache_limit
+        )
         ids = torch.randint(3, 128, (2, 4))
         evicted = model(input_ids=ids, adapter_names=["pt", "prefix"]).logits  # recomputed after eviction: same numbers
         model.states_cache_limit = None
@@ -211,7 +237,9 @@ def test_delete_and_disable_adapters():
 def test_adapter_errors_are_clear(tmp_path):
     model = multi_adapter_model("llama_gqa")
     ids, mask, _ = left_padded_batch(lengths=(3, 2))
-    with pytest.raises(ValueError, match=r"Unknown adapter 'nope'. Loaded adapters: \['lstm', 'prefix', 'projection', 'pt'\]"):
+    with pytest.raises(
+        ValueError, match=r"Unknown adapter 'nope'. Loaded adapters: \['lstm', 'prefix', 'projection', 'pt'\]"
+    ):
         model(input_ids=ids, attention_mask=mask, adapter_names=["pt", "nope"])
     with pytest.raises(ValueError, match="adapter_names has 3 entries but the batch has 2 rows"):
         model(input_ids=ids, attention_mask=mask, adapter_names=["pt", "pt", "pt"])

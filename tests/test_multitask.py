@@ -4,6 +4,7 @@ import peft
 import pytest
 import torch
 from safetensors.torch import load_file
+
 from softprompt import ConfigError, MultitaskPromptTuningConfig, PeftModel, PrefixTuningConfig, get_peft_model
 from tiny_models import ARCHITECTURES, left_padded_batch, tiny_model
 
@@ -30,11 +31,13 @@ def test_rows_of_different_tasks_in_one_batch_equal_each_task_alone(arch):
     input_ids, attention_mask, rows = left_padded_batch(lengths=(6, 3, 5, 4))
     tasks, names = [2, 0, 1, 0], ["default", "default", "default", "prefix"]
     with torch.no_grad():
-        mixed = model(input_ids=input_ids, attention_mask=attention_mask, adapter_names=names, task_ids=torch.tensor(tasks)).logits
+        mixed = model(
+            input_ids=input_ids, attention_mask=attention_mask, adapter_names=names, task_ids=torch.tensor(tasks)
+        ).logits
         for i, row in enumerate(rows):
             model.set_adapter(names[i])
             alone = model(input_ids=row[None], task_ids=[tasks[i]]).logits[0]
-            torch.testing.assert_close(mixed[i, -len(row):], alone, atol=1e-4, rtol=0)
+            torch.testing.assert_close(mixed[i, -len(row) :], alone, atol=1e-4, rtol=0)
         model.set_adapter("default")
         same_rows = model(input_ids=input_ids, attention_mask=attention_mask, task_ids=[1, 1, 1, 1]).logits
         other = model(input_ids=input_ids, attention_mask=attention_mask, task_ids=[2, 2, 2, 2]).logits
@@ -43,7 +46,7 @@ def test_rows_of_different_tasks_in_one_batch_equal_each_task_alone(arch):
     generated = model.generate(input_ids=input_ids, attention_mask=attention_mask, task_ids=[2, 0, 1, 1], **settings)
     for i, row in enumerate(rows):
         alone = model.generate(input_ids=row[None], task_ids=[[2, 0, 1, 1][i]], **settings)[0]
-        assert generated[i, -len(alone):].tolist() == alone.tolist()
+        assert generated[i, -len(alone) :].tolist() == alone.tolist()
 
 
 def test_training_moves_the_shared_prompt_and_the_task_factors_only():
@@ -66,7 +69,7 @@ def test_peft_reads_ours_and_we_read_peft_with_the_same_logits(arch, tmp_path):
     ids = torch.randint(3, 128, (3, 6), generator=torch.Generator().manual_seed(0))
     tasks = torch.tensor([0, 1, 2])
     with torch.no_grad():
-        expected = theirs(input_ids=ids, attention_mask=torch.ones_like(ids), task_ids=tasks).logits[:, -ids.shape[1]:]
+        expected = theirs(input_ids=ids, attention_mask=torch.ones_like(ids), task_ids=tasks).logits[:, -ids.shape[1] :]
         torch.testing.assert_close(ours(input_ids=ids, task_ids=tasks).logits, expected, atol=1e-5, rtol=1e-5)
     # the other way: PEFT trains (moves) its factors, we load them
     config = peft.MultitaskPromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4, num_tasks=TASKS, num_ranks=2)
@@ -79,7 +82,9 @@ def test_peft_reads_ours_and_we_read_peft_with_the_same_logits(arch, tmp_path):
     assert set(saved) == set(load_file(str(tmp_path / "ours" / "adapter_model.safetensors")))  # same tensor names
     loaded = PeftModel.from_pretrained(tiny_model(arch), tmp_path / "peft").eval()
     with torch.no_grad():
-        expected = peft_model.eval()(input_ids=ids, attention_mask=torch.ones_like(ids), task_ids=tasks).logits[:, -ids.shape[1]:]
+        expected = peft_model.eval()(input_ids=ids, attention_mask=torch.ones_like(ids), task_ids=tasks).logits[
+            :, -ids.shape[1] :
+        ]
         torch.testing.assert_close(loaded(input_ids=ids, task_ids=tasks).logits, expected, atol=1e-5, rtol=1e-5)
 
 
@@ -99,8 +104,12 @@ def test_a_target_task_starts_from_a_source_adapter(init, tmp_path):
     source.save_pretrained(tmp_path / "source")
     trained = source.prompt_source
     config = MultitaskPromptTuningConfig(
-        num_virtual_tokens=4, num_tasks=1, num_ranks=2, prompt_tuning_init=init,
-        prompt_tuning_init_state_dict_path=str(tmp_path / "source"), prompt_tuning_init_task=2,
+        num_virtual_tokens=4,
+        num_tasks=1,
+        num_ranks=2,
+        prompt_tuning_init=init,
+        prompt_tuning_init_state_dict_path=str(tmp_path / "source"),
+        prompt_tuning_init_task=2,
     )
     target = get_peft_model(tiny_model("llama_gqa"), config).prompt_source
     assert torch.equal(target.embedding.weight, trained.embedding.weight)
@@ -127,8 +136,12 @@ def test_multitask_errors_are_clear(tmp_path):
     with pytest.raises(ConfigError, match="starts from a source adapter"):
         MultitaskPromptTuningConfig(num_virtual_tokens=4, prompt_tuning_init="EXACT_SOURCE_TASK")
     model.save_pretrained(tmp_path / "source")
-    config = MultitaskPromptTuningConfig(num_virtual_tokens=4, prompt_tuning_init="EXACT_SOURCE_TASK",
-                                         prompt_tuning_init_state_dict_path=str(tmp_path / "source"), prompt_tuning_init_task=7)
+    config = MultitaskPromptTuningConfig(
+        num_virtual_tokens=4,
+        prompt_tuning_init="EXACT_SOURCE_TASK",
+        prompt_tuning_init_state_dict_path=str(tmp_path / "source"),
+        prompt_tuning_init_task=7,
+    )
     with pytest.raises(ConfigError, match="the source adapter has 3 tasks"):
         get_peft_model(tiny_model("llama_gqa"), config)
     single = get_peft_model(tiny_model("llama_gqa"), MultitaskPromptTuningConfig(num_virtual_tokens=4))
@@ -137,10 +150,12 @@ def test_multitask_errors_are_clear(tmp_path):
 
 def test_the_training_workflow_and_predictor_take_a_single_task_multitask_prompt(tmp_path):
     from softprompt import Predictor
-    from softprompt.train import TrainConfig, train
+    from softprompt.training import TrainConfig, train
     from tiny_run import run_config
 
-    config = run_config(tmp_path, "multitask_prompt_tuning", epochs=2, method_options={"num_virtual_tokens": 4, "num_ranks": 2})
+    config = run_config(
+        tmp_path, "multitask_prompt_tuning", epochs=2, method_options={"num_virtual_tokens": 4, "num_ranks": 2}
+    )
     lines = train(TrainConfig.from_dict(config))
     assert lines["epoch"] == 2
     saved = load_file(str(tmp_path / "run" / "adapter" / "adapter_model.safetensors"))

@@ -6,9 +6,19 @@ line, the model (a tiny local one) and the data (toy tweets) differ.
 """
 
 import torch
-from softprompt import PeftConfig, PeftModel, PeftType, PromptTuningConfig, PromptTuningInit, TaskType, get_peft_config, get_peft_model
-from tiny_run import make_tiny_model_folder, toy_rows
 from transformers import AutoModelForCausalLM, AutoTokenizer, default_data_collator, get_linear_schedule_with_warmup
+
+from softprompt import (
+    PeftConfig,
+    PeftModel,
+    PeftType,
+    PromptTuningConfig,
+    PromptTuningInit,
+    TaskType,
+    get_peft_config,
+    get_peft_model,
+)
+from tiny_run import make_tiny_model_folder, toy_rows
 
 
 def test_the_guide_runs_unchanged(tmp_path):
@@ -44,8 +54,12 @@ def test_the_guide_runs_unchanged(tmp_path):
         for i in range(batch_size):
             sample_input_ids = model_inputs["input_ids"][i]
             label_input_ids = labels["input_ids"][i]
-            model_inputs["input_ids"][i] = [tokenizer.pad_token_id] * (max_length - len(sample_input_ids)) + sample_input_ids
-            model_inputs["attention_mask"][i] = [0] * (max_length - len(sample_input_ids)) + model_inputs["attention_mask"][i]
+            model_inputs["input_ids"][i] = [tokenizer.pad_token_id] * (
+                max_length - len(sample_input_ids)
+            ) + sample_input_ids
+            model_inputs["attention_mask"][i] = [0] * (max_length - len(sample_input_ids)) + model_inputs[
+                "attention_mask"
+            ][i]
             labels["input_ids"][i] = [-100] * (max_length - len(sample_input_ids)) + label_input_ids
             model_inputs["input_ids"][i] = torch.tensor(model_inputs["input_ids"][i][:max_length])
             model_inputs["attention_mask"][i] = torch.tensor(model_inputs["attention_mask"][i][:max_length])
@@ -56,7 +70,9 @@ def test_the_guide_runs_unchanged(tmp_path):
     columns = {key: [r[key] for r in rows] for key in rows[0]}
     processed = preprocess_function(columns)
     dataset = [{k: processed[k][i] for k in ("input_ids", "attention_mask", "labels")} for i in range(len(rows))]
-    train_dataloader = torch.utils.data.DataLoader(dataset, shuffle=True, collate_fn=default_data_collator, batch_size=batch_size)
+    train_dataloader = torch.utils.data.DataLoader(
+        dataset, shuffle=True, collate_fn=default_data_collator, batch_size=batch_size
+    )
     eval_dataloader = torch.utils.data.DataLoader(dataset, collate_fn=default_data_collator, batch_size=batch_size)
 
     model = AutoModelForCausalLM.from_pretrained(model_name_or_path)
@@ -67,10 +83,10 @@ def test_the_guide_runs_unchanged(tmp_path):
         optimizer=optimizer, num_warmup_steps=0, num_training_steps=(len(train_dataloader) * num_epochs)
     )
     losses = []
-    for epoch in range(num_epochs):
+    for _epoch in range(num_epochs):
         model.train()
         total_loss = 0
-        for step, batch in enumerate(train_dataloader):
+        for _step, batch in enumerate(train_dataloader):
             outputs = model(**batch)
             loss = outputs.loss
             total_loss += loss.detach().float()
@@ -80,18 +96,27 @@ def test_the_guide_runs_unchanged(tmp_path):
             optimizer.zero_grad()
         model.eval()
         eval_preds = []
-        for step, batch in enumerate(eval_dataloader):
+        for _step, batch in enumerate(eval_dataloader):
             with torch.no_grad():
                 outputs = model(**batch)
-            eval_preds.extend(tokenizer.batch_decode(torch.argmax(outputs.logits, -1).detach().cpu().numpy(), skip_special_tokens=True))
+            eval_preds.extend(
+                tokenizer.batch_decode(
+                    torch.argmax(outputs.logits, -1).detach().cpu().numpy(), skip_special_tokens=True
+                )
+            )
         losses.append(total_loss / len(train_dataloader))
     assert len(eval_preds) == len(rows)
 
     peft_model_id = str(tmp_path / "adapter")
     model.save_pretrained(peft_model_id)
-    inputs = tokenizer(f'{text_column} : {"@nationalgridus I have no water and the bill is current and paid."} Label : ', return_tensors="pt")
+    inputs = tokenizer(
+        f"{text_column} : {'@nationalgridus I have no water and the bill is current and paid.'} Label : ",
+        return_tensors="pt",
+    )
     with torch.no_grad():
-        outputs = model.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], max_new_tokens=10, eos_token_id=3)
+        outputs = model.generate(
+            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], max_new_tokens=10, eos_token_id=3
+        )
     decoded = tokenizer.batch_decode(outputs.detach().cpu().numpy(), skip_special_tokens=True)
     assert decoded[0].startswith("Tweet text : @nationalgridus")
 
@@ -100,6 +125,8 @@ def test_the_guide_runs_unchanged(tmp_path):
     model2 = AutoModelForCausalLM.from_pretrained(config.base_model_name_or_path)
     model2 = PeftModel.from_pretrained(model2, peft_model_id)
     with torch.no_grad():
-        again = model2.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], max_new_tokens=10, eos_token_id=3)
+        again = model2.generate(
+            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], max_new_tokens=10, eos_token_id=3
+        )
     assert torch.equal(again, outputs)
     assert get_peft_config(config.to_dict()) == config

@@ -6,12 +6,15 @@ import peft
 import pytest
 import torch
 from safetensors.torch import load_file
+
 from softprompt import PeftModel, get_peft_model
 from tiny_models import ARCHITECTURES, METHOD_CONFIGS, METHODS, tiny_model
 
 PEFT_CONFIGS = {
     "prompt_tuning": lambda: peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4),
-    "p_tuning_mlp": lambda: peft.PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=4, encoder_hidden_size=16),
+    "p_tuning_mlp": lambda: peft.PromptEncoderConfig(
+        task_type="CAUSAL_LM", num_virtual_tokens=4, encoder_hidden_size=16
+    ),
     "p_tuning_lstm": lambda: peft.PromptEncoderConfig(
         task_type="CAUSAL_LM", num_virtual_tokens=4, encoder_hidden_size=16, encoder_reparameterization_type="LSTM"
     ),
@@ -19,9 +22,14 @@ PEFT_CONFIGS = {
     "prefix_projection": lambda: peft.PrefixTuningConfig(
         task_type="CAUSAL_LM", num_virtual_tokens=4, prefix_projection=True, encoder_hidden_size=16
     ),
-    "multitask": lambda: peft.MultitaskPromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4, num_tasks=1, num_ranks=2),
+    "multitask": lambda: peft.MultitaskPromptTuningConfig(
+        task_type="CAUSAL_LM", num_virtual_tokens=4, num_tasks=1, num_ranks=2
+    ),
     "cpt": lambda: peft.CPTConfig(
-        task_type="CAUSAL_LM", cpt_token_ids=[40, 41, 42, 43, 44], cpt_mask=[1] * 5, cpt_tokens_type_mask=[1, 2, 2, 3, 4]
+        task_type="CAUSAL_LM",
+        cpt_token_ids=[40, 41, 42, 43, 44],
+        cpt_mask=[1] * 5,
+        cpt_tokens_type_mask=[1, 2, 2, 3, 4],
     ),
 }
 CASES = [(method, arch) for method in METHODS for arch in ARCHITECTURES]
@@ -39,7 +47,9 @@ def unpadded_ids(seed=0):
 def peft_logits(model, ids):
     """PEFT returns logits for virtual positions too (peft#482): keep the last L rows."""
     with torch.no_grad():
-        return model(input_ids=ids, attention_mask=torch.ones_like(ids), **peft_task_ids(model, ids)).logits[:, -ids.shape[1] :]
+        return model(input_ids=ids, attention_mask=torch.ones_like(ids), **peft_task_ids(model, ids)).logits[
+            :, -ids.shape[1] :
+        ]
 
 
 def peft_task_ids(model, ids) -> dict:
@@ -104,18 +114,23 @@ def test_peft_logits_agree_on_training_forward_loss(method):
     labels = ids.clone()
     labels[:, :2] = -100
     with torch.no_grad():
-        peft_loss = theirs(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels, **peft_task_ids(theirs, ids)).loss
+        peft_loss = theirs(
+            input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels, **peft_task_ids(theirs, ids)
+        ).loss
         our_loss = ours(input_ids=ids, labels=labels).loss
     torch.testing.assert_close(our_loss, peft_loss)
 
 
 def test_peft_loads_our_text_initialised_prompt(tmp_path):
-    from softprompt import PromptTuningConfig
-    from tiny_run import make_tiny_model_folder
     from transformers import AutoModelForCausalLM
 
+    from softprompt import PromptTuningConfig
+    from tiny_run import make_tiny_model_folder
+
     folder = make_tiny_model_folder(tmp_path / "model")
-    config = PromptTuningConfig(num_virtual_tokens=4, prompt_tuning_init="TEXT", prompt_tuning_init_text="great service")
+    config = PromptTuningConfig(
+        num_virtual_tokens=4, prompt_tuning_init="TEXT", prompt_tuning_init_text="great service"
+    )
     ours = get_peft_model(AutoModelForCausalLM.from_pretrained(folder), config).eval()
     ours.save_pretrained(tmp_path / "adapter")
     saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())

@@ -7,6 +7,8 @@ import json
 import peft
 import pytest
 import torch
+from transformers import AutoModelForSequenceClassification, BertConfig, DistilBertConfig, RobertaConfig
+
 from softprompt import (
     AutoPeftModelForSequenceClassification,
     ConfigError,
@@ -18,18 +20,23 @@ from softprompt import (
 )
 from softprompt.compat import frozen_prefix_cache
 from test_encoders import right_padded
-from transformers import AutoModelForSequenceClassification, BertConfig, DistilBertConfig, RobertaConfig
 
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")  # PEFT's call
 VOCAB, LABELS = 128, 3
 ENCODERS = {
-    "bert": lambda: BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64),
-    "roberta": lambda: RobertaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64),
+    "bert": lambda: BertConfig(
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
+    ),
+    "roberta": lambda: RobertaConfig(
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
+    ),
     "distilbert": lambda: DistilBertConfig(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, hidden_dim=64),
 }
 METHODS = {
     "prompt_tuning": lambda **kw: PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=4, **kw),
-    "p_tuning": lambda **kw: PromptEncoderConfig(task_type="SEQ_CLS", num_virtual_tokens=4, encoder_hidden_size=16, **kw),
+    "p_tuning": lambda **kw: PromptEncoderConfig(
+        task_type="SEQ_CLS", num_virtual_tokens=4, encoder_hidden_size=16, **kw
+    ),
     "prefix_tuning": lambda **kw: PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=4, **kw),
 }
 
@@ -59,7 +66,9 @@ def test_padding_and_batch_composition_do_not_change_a_rows_logits(method, arch)
         batched = model(input_ids=ids, attention_mask=mask).logits  # [B, labels]
         for i, row in enumerate(rows):
             torch.testing.assert_close(batched[i], model(input_ids=row[None]).logits[0], atol=1e-5, rtol=0)
-        wide = model(input_ids=right_padded(width=12)[0], attention_mask=right_padded(width=12)[1]).logits  # more padding
+        wide = model(
+            input_ids=right_padded(width=12)[0], attention_mask=right_padded(width=12)[1]
+        ).logits  # more padding
         torch.testing.assert_close(wide, batched, atol=1e-5, rtol=0)
         other_ids, other_mask, _ = right_padded(lengths=(9, 3), seed=5)
         mixed_ids = torch.zeros(3, 9, dtype=torch.long)
@@ -67,11 +76,15 @@ def test_padding_and_batch_composition_do_not_change_a_rows_logits(method, arch)
         mixed_ids[0], mixed_mask[0] = other_ids[0], other_mask[0]
         mixed_ids[1, :2], mixed_mask[1, :2] = rows[2], 1  # the 2-token row among other rows
         mixed_ids[2], mixed_mask[2] = other_ids[1], other_mask[1]
-        torch.testing.assert_close(model(input_ids=mixed_ids, attention_mask=mixed_mask).logits[1], batched[2], atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            model(input_ids=mixed_ids, attention_mask=mixed_mask).logits[1], batched[2], atol=1e-5, rtol=0
+        )
         cls = get_peft_model(encoder(arch), METHODS[method]())
         cls.prompt_source.load_state_dict(model.prompt_source.state_dict())
         cls.heads["default"].load_state_dict(model.heads["default"].state_dict())
-        assert (cls.eval()(input_ids=ids, attention_mask=mask).logits - batched).abs().max() > 1e-3  # the pooling matters
+        assert (
+            cls.eval()(input_ids=ids, attention_mask=mask).logits - batched
+        ).abs().max() > 1e-3  # the pooling matters
 
 
 @pytest.mark.parametrize("method", ["prompt_tuning", "prefix_tuning"])
@@ -85,15 +98,23 @@ def test_mean_pooling_is_the_mean_of_the_text_tokens_states(method):
         if method == "prefix_tuning":
             states = model.prompt_states("default")
             layers = [(k.expand(3, -1, -1, -1), v.expand(3, -1, -1, -1)) for k, v in states.layers]
-            hidden = base.bert(input_ids=ids, attention_mask=torch.cat([torch.ones(3, states.length, dtype=torch.long), mask], 1),
-                               position_ids=torch.arange(ids.shape[1]).expand(3, -1), cache=frozen_prefix_cache(layers)).last_hidden_state
+            hidden = base.bert(
+                input_ids=ids,
+                attention_mask=torch.cat([torch.ones(3, states.length, dtype=torch.long), mask], 1),
+                position_ids=torch.arange(ids.shape[1]).expand(3, -1),
+                cache=frozen_prefix_cache(layers),
+            ).last_hidden_state
         else:
             table = model.prompt_table("default")  # [P, H]
             embeds = torch.cat([table.expand(3, -1, -1), base.bert.embeddings.word_embeddings(ids)], 1)
-            hidden = base.bert(inputs_embeds=embeds, attention_mask=torch.cat([torch.ones(3, 4, dtype=torch.long), mask], 1)).last_hidden_state
+            hidden = base.bert(
+                inputs_embeds=embeds, attention_mask=torch.cat([torch.ones(3, 4, dtype=torch.long), mask], 1)
+            ).last_hidden_state
             hidden = hidden[:, 4:]
         pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
-        torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).logits, model.heads["default"](pooled), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            model(input_ids=ids, attention_mask=mask).logits, model.heads["default"](pooled), atol=1e-5, rtol=1e-5
+        )
 
 
 @pytest.mark.parametrize("method", ["prompt_tuning", "prefix_tuning"])
@@ -104,7 +125,9 @@ def test_the_loss_is_cross_entropy_and_only_the_prompt_and_head_train(method):
     torch.manual_seed(3)
     output = model(input_ids=ids, attention_mask=mask, labels=labels)
     torch.manual_seed(3)  # the same dropout
-    torch.testing.assert_close(output.loss, torch.nn.functional.cross_entropy(model(input_ids=ids, attention_mask=mask).logits, labels))
+    torch.testing.assert_close(
+        output.loss, torch.nn.functional.cross_entropy(model(input_ids=ids, attention_mask=mask).logits, labels)
+    )
     output.loss.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.prompt_source.parameters())
     assert all(p.grad is not None for p in model.heads["default"].parameters())
@@ -131,8 +154,9 @@ def test_save_and_load_keep_the_pooling(method, tmp_path):
         torch.testing.assert_close(auto(input_ids=ids, attention_mask=mask).logits, expected, atol=1e-5, rtol=0)
         other = get_peft_model(encoder(), METHODS[method]())  # a [CLS] adapter beside a mean-pooled one
         other.load_adapter(tmp_path / "adapter", "mean")
-        torch.testing.assert_close(other(input_ids=ids, attention_mask=mask, adapter_names=["mean"] * 3).logits, expected,
-                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            other(input_ids=ids, attention_mask=mask, adapter_names=["mean"] * 3).logits, expected, atol=1e-5, rtol=0
+        )
 
 
 def test_default_adapter_files_are_peft_s_and_peft_loads_a_mean_pooled_one(tmp_path):
@@ -149,8 +173,12 @@ def test_default_adapter_files_are_peft_s_and_peft_loads_a_mean_pooled_one(tmp_p
     ours_cls.config_.pooling = "cls"
     ids, mask, _ = right_padded()
     with torch.no_grad():
-        torch.testing.assert_close(theirs(input_ids=ids, attention_mask=mask).logits, ours_cls(input_ids=ids, attention_mask=mask).logits,
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            theirs(input_ids=ids, attention_mask=mask).logits,
+            ours_cls(input_ids=ids, attention_mask=mask).logits,
+            atol=1e-5,
+            rtol=1e-5,
+        )
 
 
 def test_fit_head_is_the_logistic_regression_optimum():
@@ -186,30 +214,47 @@ def test_options_are_checked():
 
 
 def tiny_bert_folder(folder):
-    """A tokenizer (the tiny workflow's) and a random 2-layer BERT classifier of its vocabulary, saved as a model folder."""
-    from tiny_run import make_tiny_model_folder
+    """A tokenizer (the tiny workflow's) and a random 2-layer BERT classifier of its vocabulary,
+    saved as a model folder."""
     from transformers import AutoTokenizer, BertForSequenceClassification
+
+    from tiny_run import make_tiny_model_folder
 
     make_tiny_model_folder(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, pad_token_id=tokenizer.pad_token_id, num_labels=2)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        pad_token_id=tokenizer.pad_token_id,
+        num_labels=2,
+    )
     BertForSequenceClassification(config).save_pretrained(folder)
     return folder
 
 
 def test_training_with_mean_pooling_and_a_fitted_head_then_predicting(tmp_path, monkeypatch):
     from softprompt import PeftModelForSequenceClassification, Predictor
-    from softprompt.train import TrainConfig, train
+    from softprompt.training import TrainConfig, train
     from test_workflow import run_cli
     from tiny_run import run_config
 
     fits = []
     original = PeftModelForSequenceClassification.fit_head
-    monkeypatch.setattr(PeftModelForSequenceClassification, "fit_head", lambda self, *a, **k: (fits.append(1), original(self, *a, **k)))
-    config = run_config(tmp_path, "prompt_tuning", epochs=2, lr=0.01, model=str(tiny_bert_folder(tmp_path / "bert")),
-                        method_options={"num_virtual_tokens": 4, "pooling": "mean", "head_init": "fit"})
+    monkeypatch.setattr(
+        PeftModelForSequenceClassification, "fit_head", lambda self, *a, **k: (fits.append(1), original(self, *a, **k))
+    )
+    config = run_config(
+        tmp_path,
+        "prompt_tuning",
+        epochs=2,
+        lr=0.01,
+        model=str(tiny_bert_folder(tmp_path / "bert")),
+        method_options={"num_virtual_tokens": 4, "pooling": "mean", "head_init": "fit"},
+    )
     config["task"].update(task_type="SEQ_CLS", template="{Tweet text}")
     final = train(TrainConfig.from_dict(config))
     assert final["epoch"] == 2 and len(fits) == 1  # fitted once, before the first step

@@ -1,13 +1,16 @@
-"""The Predictor: several trained adapters (each with its task) on one base model, mixed calls, ensembles, generation."""
+"""The Predictor: several trained adapters (each with its task) on one base model, mixed calls, ensembles,
+generation."""
 
 import json
 import shutil
 
 import pytest
 import torch
+
 from softprompt import AdapterError, Predictor, PrefixTuningConfig, get_peft_model
-from softprompt import models as models_module
-from softprompt.predictor import name_adapters, parse_dtype
+from softprompt import base_models as models_module
+from softprompt.base_models import parse_dtype
+from softprompt.inference import name_adapters
 from test_workflow import run_cli
 
 TEXTS = ["my order never arrived", "thanks for the quick help", "@Shop3 wifi down all day", "love the new menu"]
@@ -68,9 +71,11 @@ def test_a_text_is_generated_from_as_written_and_a_row_through_the_template(pred
         return tokenizer.decode(output[0, len(ids) :], skip_special_tokens=True)
 
     text = "Tweet text : my order never arrived Label :"
-    assert predictor.generate(text, "complaints", max_new_tokens=4) == [reference(tokenizer(text)["input_ids"], "complaints")]
+    assert predictor.generate(text, "complaints", max_new_tokens=4) == [
+        reference(tokenizer(text)["input_ids"], "complaints")
+    ]
     row = {"Tweet text": "my order never arrived"}
-    templated = predictor.task("yesno").encode(row, labelled=False).prompt_ids
+    templated = predictor.row_tokenizer("yesno").encode(row, labelled=False).prompt_ids
     assert tokenizer.decode(templated).startswith("Tweet: my order never arrived\nComplaint?")
     assert predictor.generate([row], "yesno", max_new_tokens=4) == [reference(templated, "yesno")]
     # mixed adapters and the bare model in one batch, same as one by one
@@ -80,7 +85,9 @@ def test_a_text_is_generated_from_as_written_and_a_row_through_the_template(pred
 
 
 def test_predictor_errors_are_clear(predictor, adapters, tmp_path):
-    with pytest.raises(ValueError, match=r"Unknown adapter 'nope'. Loaded adapters: \['complaints', 'ptuning', 'yesno'\]"):
+    with pytest.raises(
+        ValueError, match=r"Unknown adapter 'nope'. Loaded adapters: \['complaints', 'ptuning', 'yesno'\]"
+    ):
         predictor.classify(TEXTS, adapter="nope")
     with pytest.raises(ValueError, match="adapter has 2 names for 4 inputs"):
         predictor.classify(TEXTS, adapter=["complaints", "yesno"])
@@ -116,7 +123,9 @@ def test_dtype_and_device(adapters):
 def test_adapter_names_come_from_folders_or_hub_ids(tmp_path):
     (tmp_path / "pt-42" / "adapter").mkdir(parents=True)
     (tmp_path / "pt-43" / "adapter").mkdir(parents=True)
-    named = name_adapters([tmp_path / "pt-42" / "adapter", tmp_path / "pt-43" / "adapter", "me/tweets", tmp_path / "pt-42" / "adapter"])
+    named = name_adapters(
+        [tmp_path / "pt-42" / "adapter", tmp_path / "pt-43" / "adapter", "me/tweets", tmp_path / "pt-42" / "adapter"]
+    )
     assert list(named) == ["pt-42", "pt-43", "me/tweets", "pt-42-2"]
     assert name_adapters({"a": "x"}) == {"a": "x"}
 
@@ -128,7 +137,9 @@ def test_cli_generate_uses_a_text_as_written_unless_asked_for_the_template(adapt
     done = run_cli(["predict", adapter, "--generate", "--max-new-tokens", "3", "--dtype", "float32", "--", text])
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["generated"] == predictor.generate(text, max_new_tokens=3)[0]
-    done = run_cli(["predict", adapter, "--generate", "--template", "--max-new-tokens", "3", "--", "my order never arrived"])
+    done = run_cli(
+        ["predict", adapter, "--generate", "--template", "--max-new-tokens", "3", "--", "my order never arrived"]
+    )
     assert done.returncode == 0, done.stderr
     row = {"Tweet text": "my order never arrived"}
     assert json.loads(done.stdout)["generated"] == predictor.generate([row], max_new_tokens=3)[0]

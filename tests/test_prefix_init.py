@@ -6,15 +6,15 @@ import json
 import peft
 import pytest
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from softprompt import ConfigError, PeftModel, PrefixTuningConfig, get_peft_model
+from softprompt import base_models as models
 from test_encoders import encoder
 from test_seq2seq import base_model as seq2seq_model
 from test_seq_cls import classifier
 from tiny_models import ARCHITECTURES, left_padded_batch, tiny_model
 from tiny_run import make_tiny_model_folder
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-from softprompt import ConfigError, PeftModel, PrefixTuningConfig, get_peft_model
-from softprompt import models
 
 pytestmark = [  # PEFT's own calls
     pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning"),
@@ -26,11 +26,15 @@ TEXT_IDS = [5, 6, 7]  # what the stub tokenizer below reads any init text as
 @pytest.fixture
 def stub_text(monkeypatch):
     """A tokenizer that reads any text as TEXT_IDS (the tiny models have no tokenizer of their own)."""
-    monkeypatch.setattr(models, "load_tokenizer", lambda name, **kwargs: lambda text, **options: {"input_ids": list(TEXT_IDS)})
+    monkeypatch.setattr(
+        models, "load_tokenizer", lambda name, **kwargs: lambda text, **options: {"input_ids": list(TEXT_IDS)}
+    )
 
 
 def text_config(count=4, **options):
-    return PrefixTuningConfig(num_virtual_tokens=count, prefix_init_text="a task description", tokenizer_name_or_path="stub", **options)
+    return PrefixTuningConfig(
+        num_virtual_tokens=count, prefix_init_text="a task description", tokenizer_name_or_path="stub", **options
+    )
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
@@ -75,10 +79,14 @@ def test_the_init_text_is_read_with_the_models_tokenizer_and_peft_reads_the_tabl
     # loading takes the table from the file (no tokenizer needed) and PEFT reads it as the same prefix
     ours = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(folder), tmp_path / "adapter").eval()
     with pytest.warns(UserWarning, match="prefix_init_text"):
-        theirs = peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(folder), tmp_path / "adapter").eval()
+        theirs = peft.PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(folder), tmp_path / "adapter"
+        ).eval()
     with torch.no_grad():
         torch.testing.assert_close(ours(input_ids=row).logits, expected, atol=1e-4, rtol=1e-4)
-        torch.testing.assert_close(theirs(input_ids=row, attention_mask=torch.ones_like(row)).logits, expected, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            theirs(input_ids=row, attention_mask=torch.ones_like(row)).logits, expected, atol=1e-4, rtol=1e-4
+        )
 
 
 def test_prefix_init_text_errors_are_clear(stub_text):

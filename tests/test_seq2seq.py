@@ -7,6 +7,8 @@ import peft
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import AutoModelForSeq2SeqLM, BartConfig, T5Config
+
 from softprompt import (
     AutoPeftModelForSeq2SeqLM,
     ConfigError,
@@ -19,8 +21,6 @@ from softprompt import (
     get_peft_model,
 )
 from softprompt.compat import PrefixCall, prefix_attention_context
-from transformers import AutoModelForSeq2SeqLM, BartConfig, T5Config
-
 from tiny_models import tiny_model, without_dropout
 
 pytestmark = [  # PEFT's own calls
@@ -30,12 +30,31 @@ pytestmark = [  # PEFT's own calls
 ]
 VOCAB = 128
 MODELS = {
-    "t5": lambda: T5Config(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-                           decoder_start_token_id=0, pad_token_id=0, eos_token_id=1),
+    "t5": lambda: T5Config(
+        vocab_size=VOCAB,
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_heads=4,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+    ),
     # 4 layers: PEFT's prefix layout hands layers 2 and 3 the prefixes of layers 0 and 1
-    "bart": lambda: BartConfig(vocab_size=VOCAB, d_model=32, encoder_layers=4, decoder_layers=4, encoder_attention_heads=4,
-                               decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
-                               forced_bos_token_id=None, forced_eos_token_id=None),
+    "bart": lambda: BartConfig(
+        vocab_size=VOCAB,
+        d_model=32,
+        encoder_layers=4,
+        decoder_layers=4,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        max_position_embeddings=64,
+        forced_bos_token_id=None,
+        forced_eos_token_id=None,
+    ),
 }
 METHODS = {
     "prompt_tuning": lambda: PromptTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=4),
@@ -44,11 +63,15 @@ METHODS = {
         task_type="SEQ_2_SEQ_LM", num_virtual_tokens=4, encoder_hidden_size=16, encoder_reparameterization_type="LSTM"
     ),
     "prefix_tuning": lambda: PrefixTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=4),
-    "prefix_projection": lambda: PrefixTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=3, prefix_projection=True, encoder_hidden_size=16),
+    "prefix_projection": lambda: PrefixTuningConfig(
+        task_type="SEQ_2_SEQ_LM", num_virtual_tokens=3, prefix_projection=True, encoder_hidden_size=16
+    ),
     # Li & Liang's placement: encoder and decoder (softprompt's own layout; PEFT cannot read it)
     "encoder_prefix": lambda: PrefixTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=4, encoder_prefix=True),
     # a prompt before the encoder's input and one before the decoder's (PEFT's table of 2P rows)
-    "multitask": lambda: MultitaskPromptTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=4, num_tasks=1, num_ranks=2),
+    "multitask": lambda: MultitaskPromptTuningConfig(
+        task_type="SEQ_2_SEQ_LM", num_virtual_tokens=4, num_tasks=1, num_ranks=2
+    ),
 }
 CASES = [(arch, method) for arch in MODELS for method in METHODS]
 # PEFT's multitask forward needs labels and returns the decoder prompt's positions too: compared on its own below
@@ -139,7 +162,9 @@ def test_greedy_generation_equals_step_by_step_forward(arch, method):
 def test_beam_search_and_several_sequences_run_after_the_prompt(arch):
     model = wrapped(arch, "prefix_tuning")
     ids, mask, _ = right_padded((5, 3))
-    beams = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4, num_beams=3, num_return_sequences=2, do_sample=False)
+    beams = model.generate(
+        input_ids=ids, attention_mask=mask, max_new_tokens=4, num_beams=3, num_return_sequences=2, do_sample=False
+    )
     assert beams.shape[0] == 4
     one_beam = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4, num_beams=1, do_sample=False)
     greedy = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4, do_sample=False)
@@ -160,8 +185,12 @@ def test_mixed_adapters_in_one_batch_equal_each_alone(arch):
     ids, mask, rows = right_padded((5, 3, 6, 2))
     labels, label_mask, targets = labels_for((2, 4, 3, 3))
     with torch.no_grad():
-        mixed = model(input_ids=ids, attention_mask=mask, labels=labels, decoder_attention_mask=label_mask, adapter_names=names)
-        generated = model.generate(input_ids=ids, attention_mask=mask, adapter_names=names, max_new_tokens=4, do_sample=False)
+        mixed = model(
+            input_ids=ids, attention_mask=mask, labels=labels, decoder_attention_mask=label_mask, adapter_names=names
+        )
+        generated = model.generate(
+            input_ids=ids, attention_mask=mask, adapter_names=names, max_new_tokens=4, do_sample=False
+        )
         losses = []
         for i, name in enumerate(names):
             alone = model(input_ids=rows[i][None], labels=targets[i][None], adapter_names=[name]).logits[0]
@@ -169,7 +198,9 @@ def test_mixed_adapters_in_one_batch_equal_each_alone(arch):
             one = model.generate(input_ids=rows[i][None], adapter_names=[name], max_new_tokens=4, do_sample=False)[0]
             assert torch.equal(generated[i, : len(one)], one)
             losses.append(torch.nn.functional.cross_entropy(alone, targets[i], reduction="sum"))
-    torch.testing.assert_close(mixed.loss, torch.stack(losses).sum() / sum(len(t) for t in targets), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        mixed.loss, torch.stack(losses).sum() / sum(len(t) for t in targets), atol=1e-5, rtol=1e-5
+    )
 
 
 @pytest.mark.parametrize("arch,method", CASES)
@@ -195,8 +226,10 @@ def test_save_and_load_round_trip_is_bit_exact(arch, method, tmp_path):
     assert isinstance(loaded, PeftModelForSeq2SeqLM)
     ids, mask, _ = right_padded((5, 3))
     with torch.no_grad():
-        assert torch.equal(model(input_ids=ids, attention_mask=mask, decoder_input_ids=ids[:, :3]).logits,
-                           loaded(input_ids=ids, attention_mask=mask, decoder_input_ids=ids[:, :3]).logits)
+        assert torch.equal(
+            model(input_ids=ids, attention_mask=mask, decoder_input_ids=ids[:, :3]).logits,
+            loaded(input_ids=ids, attention_mask=mask, decoder_input_ids=ids[:, :3]).logits,
+        )
 
 
 @pytest.mark.parametrize("arch,method", PEFT_CASES)
@@ -232,7 +265,8 @@ def test_we_read_peft_adapter_with_the_same_logits(arch, method, tmp_path):
         torch.testing.assert_close(
             ours(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder).logits,
             theirs(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder).logits,
-            atol=1e-5, rtol=1e-5,
+            atol=1e-5,
+            rtol=1e-5,
         )
 
 
@@ -263,8 +297,12 @@ def test_prompt_tuning_file_has_peft_decoder_block_and_we_read_its_first_rows(tm
 
 def test_auto_class_loads_adapter_and_base_from_the_folder(tmp_path):
     base_model("t5").save_pretrained(tmp_path / "base")
-    model = get_peft_model(base_model("t5"), PromptTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=4,
-                                                                   base_model_name_or_path=str(tmp_path / "base")))
+    model = get_peft_model(
+        base_model("t5"),
+        PromptTuningConfig(
+            task_type="SEQ_2_SEQ_LM", num_virtual_tokens=4, base_model_name_or_path=str(tmp_path / "base")
+        ),
+    )
     model.save_pretrained(tmp_path / "adapter")
     loaded = AutoPeftModelForSeq2SeqLM.from_pretrained(tmp_path / "adapter")
     assert isinstance(loaded, PeftModelForSeq2SeqLM)
@@ -277,7 +315,7 @@ def test_clear_errors_for_the_wrong_task_type():
     with pytest.raises(ValueError, match="encoder-decoder"):
         get_peft_model(tiny_model("llama_gqa"), PromptTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=4))
     model = wrapped("t5", "prompt_tuning")
-    with pytest.raises(TypeError, match="not available yet"):
+    with pytest.raises(AttributeError, match="has no score_continuations"):
         model.score_continuations(torch.tensor([[5, 6]]), [[[7]]])
 
 
@@ -288,7 +326,9 @@ def test_encoder_prefix_reaches_the_encoder_and_a_masked_one_changes_nothing(arc
     model = wrapped(arch, "encoder_prefix")
     ids, mask, _ = right_padded((6, 3))
     states = model.prompt_states("default")
-    encoder_layers = [(k.expand(2, -1, -1, -1), v.expand(2, -1, -1, -1)) for k, v in states.layers[model.shape.num_layers :]]
+    encoder_layers = [
+        (k.expand(2, -1, -1, -1), v.expand(2, -1, -1, -1)) for k, v in states.layers[model.shape.num_layers :]
+    ]
     assert len(encoder_layers) == model.shape.encoder_layers
     encoder = model.base_model.get_encoder()
     with torch.no_grad():
@@ -348,8 +388,12 @@ def test_multitask_equals_peft_forward_on_the_real_positions_both_ways(arch, tmp
     ours.save_pretrained(tmp_path / "ours")  # and PEFT reads ours
     again = peft.PeftModel.from_pretrained(base_model(arch), tmp_path / "ours").eval()
     with torch.no_grad():
-        torch.testing.assert_close(again(input_ids=ids, attention_mask=mask, labels=labels, task_ids=task_ids).logits,
-                                   peft_out.logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            again(input_ids=ids, attention_mask=mask, labels=labels, task_ids=task_ids).logits,
+            peft_out.logits,
+            atol=1e-5,
+            rtol=1e-5,
+        )
     shapes = {k: tuple(v.shape) for k, v in load_file(tmp_path / "ours" / "adapter_model.safetensors").items()}
     width = base_model(arch).config.d_model
     assert shapes == {"prompt_embeddings": (8, width), "prefix_task_cols": (3, 8, 2), "prefix_task_rows": (3, 2, width)}
@@ -370,7 +414,9 @@ def test_multitask_generation_follows_each_row_task_and_peft_drops_the_decoder_p
                 logits = ours(input_ids=row[None], decoder_input_ids=decoder, task_ids=[task]).logits[:, -1]
                 decoder = torch.cat([decoder, logits.argmax(-1, keepdim=True)], dim=1)
             assert torch.equal(mixed[i, : decoder.shape[1]], decoder[0]), (i, mixed[i], decoder[0])
-        beams = ours.generate(input_ids=ids, attention_mask=mask, task_ids=task_ids, num_beams=3, num_return_sequences=2, max_new_tokens=4)
+        beams = ours.generate(
+            input_ids=ids, attention_mask=mask, task_ids=task_ids, num_beams=3, num_return_sequences=2, max_new_tokens=4
+        )
         assert beams.shape[0] == 6
         # PEFT's generate prompts the encoder only: what it generates is what its forward scores without the
         # decoder prompt, and differs from its own forward's greedy choice here

@@ -1,4 +1,5 @@
-"""`softprompt serve`: every endpoint and every error in-process, then a real server with the openai client and a load test."""
+"""`softprompt serve`: every endpoint and every error in-process, then a real server with the openai client
+and a load test."""
 
 import json
 import shutil
@@ -13,9 +14,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 from fastapi.testclient import TestClient
+
 from softprompt import Predictor, PrefixTuningConfig, get_peft_model
-from softprompt.engine import Engine, GenerateJob, ScoreJob
-from softprompt.serve import create_app
+from softprompt.inference.engine import Engine, GenerateJob, ScoreJob
+from softprompt.serving import create_app
 from tiny_models import tiny_model
 
 KEY = "test-key"
@@ -54,7 +56,9 @@ def base_name(predictor):
 def test_completions_equal_the_offline_greedy_answer(client, offline):
     prompt = "Tweet text : my order never arrived Label :"
     for model in ["complaints", "yesno", "ptuning"]:
-        body = client.post("/v1/completions", json={"model": model, "prompt": prompt, "max_tokens": 6, "temperature": 0}).json()
+        body = client.post(
+            "/v1/completions", json={"model": model, "prompt": prompt, "max_tokens": 6, "temperature": 0}
+        ).json()
         assert body["object"] == "text_completion" and body["model"] == model
         [choice] = body["choices"]
         assert choice["text"] == offline.generate(prompt, model, max_new_tokens=6)[0]
@@ -67,13 +71,17 @@ def test_completions_equal_the_offline_greedy_answer(client, offline):
 
 def test_the_base_model_is_served_under_its_own_name(client, offline, predictor):
     prompt = "hello there"
-    body = client.post("/v1/completions", json={"model": base_name(predictor), "prompt": prompt, "max_tokens": 5, "temperature": 0}).json()
+    body = client.post(
+        "/v1/completions", json={"model": base_name(predictor), "prompt": prompt, "max_tokens": 5, "temperature": 0}
+    ).json()
     assert body["choices"][0]["text"] == offline.generate(prompt, "__base__", max_new_tokens=5)[0]
 
 
 def test_chat_completions_use_the_chat_template(client, offline):
     messages = [{"role": "user", "content": "my order never arrived"}]
-    body = client.post("/v1/chat/completions", json={"model": "complaints", "messages": messages, "max_tokens": 5, "temperature": 0}).json()
+    body = client.post(
+        "/v1/chat/completions", json={"model": "complaints", "messages": messages, "max_tokens": 5, "temperature": 0}
+    ).json()
     assert body["object"] == "chat.completion"
     message = body["choices"][0]["message"]
     assert message["role"] == "assistant"
@@ -108,7 +116,7 @@ def test_streaming_sends_the_same_text_in_pieces(client, offline):
     whole = client.post("/v1/completions", json=settings).json()
     with client.stream("POST", "/v1/completions", json={**settings, "stream": True}) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
-        events = [line[len("data: "):] for line in response.iter_lines() if line.startswith("data: ")]
+        events = [line[len("data: ") :] for line in response.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
     assert "".join(c["choices"][0]["text"] for c in chunks) == whole["choices"][0]["text"]
@@ -123,7 +131,10 @@ def test_stop_strings_end_the_text_before_them(client, offline):
     stop = full.strip()[2:4] if len(full.strip()) >= 4 else None
     if not stop:
         pytest.skip("the tiny model's answer is too short to cut")
-    body = client.post("/v1/completions", json={"model": "complaints", "prompt": prompt, "max_tokens": 12, "temperature": 0, "stop": [stop]}).json()
+    body = client.post(
+        "/v1/completions",
+        json={"model": "complaints", "prompt": prompt, "max_tokens": 12, "temperature": 0, "stop": [stop]},
+    ).json()
     choice = body["choices"][0]
     assert choice["text"] == full[: full.find(stop)] and choice["finish_reason"] == "stop"
 
@@ -151,8 +162,12 @@ def test_bad_requests_get_a_4xx_naming_the_field(client, predictor):
     unknown = client.post("/v1/completions", json={"model": "nope", "prompt": "x"})
     assert unknown.status_code == 404
     error = unknown.json()["error"]
-    assert "'nope' does not exist" in error["message"] and "complaints" in error["message"] and error["param"] == "model"
-    malformed = client.post("/v1/completions", content=b'{"model": "complaints", "prompt": ', headers={"content-type": "application/json"})
+    assert (
+        "'nope' does not exist" in error["message"] and "complaints" in error["message"] and error["param"] == "model"
+    )
+    malformed = client.post(
+        "/v1/completions", content=b'{"model": "complaints", "prompt": ', headers={"content-type": "application/json"}
+    )
     assert malformed.status_code == 400 and "not valid JSON" in malformed.json()["error"]["message"]
     wrong_type = client.post("/v1/completions", json={"model": "complaints", "prompt": "x", "max_tokens": "many"})
     assert wrong_type.status_code == 400 and wrong_type.json()["error"]["param"] == "max_tokens"
@@ -185,7 +200,9 @@ def test_api_key_is_required_everywhere_but_health(predictor):
 
 
 def test_loading_adapters_at_run_time_needs_an_api_key(open_client, trained_adapters):
-    response = open_client.post("/v1/load_adapter", json={"lora_name": "x", "lora_path": trained_adapters["complaints"]})
+    response = open_client.post(
+        "/v1/load_adapter", json={"lora_name": "x", "lora_path": trained_adapters["complaints"]}
+    )
     assert response.status_code == 403 and "--api-key" in response.json()["error"]["message"]
 
 
@@ -199,8 +216,11 @@ def test_load_and_unload_adapters_at_run_time(client, trained_adapters, offline,
     shutil.copytree(trained_adapters["complaints"], damaged)
     (damaged / "adapter_model.safetensors").write_bytes(b"not safetensors")
     get_peft_model(tiny_model("gpt2"), PrefixTuningConfig(num_virtual_tokens=2)).save_pretrained(tmp_path / "gpt2")
-    for path, reason in [(tmp_path / "missing", "does not exist"), (damaged, "not a readable safetensors file"),
-                         (tmp_path / "gpt2", "does not fit this base model")]:
+    for path, reason in [
+        (tmp_path / "missing", "does not exist"),
+        (damaged, "not a readable safetensors file"),
+        (tmp_path / "gpt2", "does not fit this base model"),
+    ]:
         refused = client.post("/v1/load_adapter", json={"lora_name": "bad", "lora_path": str(path)})
         assert refused.status_code == 400 and reason in refused.json()["error"]["message"], refused.json()
     duplicate = client.post("/v1/load_adapter", json={"lora_name": "again", "lora_path": trained_adapters["yesno"]})
@@ -215,7 +235,12 @@ def test_load_and_unload_adapters_at_run_time(client, trained_adapters, offline,
 # ---- the engine: batching across adapters, faults isolated, cancellation ------------------------
 def test_requests_that_arrive_together_run_in_one_batch_whatever_their_adapters(predictor, offline):
     batches = []
-    engine = Engine(predictor, max_batch_size=32, max_wait_ms=200, observe=lambda batch_rows=None, **_: batch_rows and batches.append(batch_rows))
+    engine = Engine(
+        predictor,
+        max_batch_size=32,
+        max_wait_ms=200,
+        observe=lambda batch_rows=None, **_: batch_rows and batches.append(batch_rows),
+    )
     engine.start()
     try:
         jobs = []
@@ -267,7 +292,18 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def server(trained_adapters):
     port = free_port()
-    args = [sys.executable, "-m", "softprompt.cli", "serve", "--port", str(port), "--api-key", KEY, "--max-wait-ms", "10"]
+    args = [
+        sys.executable,
+        "-m",
+        "softprompt.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--api-key",
+        KEY,
+        "--max-wait-ms",
+        "10",
+    ]
     for name, path in trained_adapters.items():
         args += ["--adapter", f"{name}={path}"]
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -304,12 +340,15 @@ def test_the_openai_client_talks_to_a_real_server(server, offline):
     completion = client.completions.create(model="yesno", prompt=prompt, max_tokens=5, temperature=0)
     assert completion.choices[0].text == offline.generate(prompt, "yesno", max_new_tokens=5)[0]
     assert completion.usage.completion_tokens >= 1
-    chat = client.chat.completions.create(model="complaints", messages=[{"role": "user", "content": "hi"}], max_tokens=4, temperature=0)
+    chat = client.chat.completions.create(
+        model="complaints", messages=[{"role": "user", "content": "hi"}], max_tokens=4, temperature=0
+    )
     assert chat.choices[0].message.role == "assistant"
     pieces = client.completions.create(model="yesno", prompt=prompt, max_tokens=5, temperature=0, stream=True)
     assert "".join(chunk.choices[0].text for chunk in pieces) == completion.choices[0].text
-    stream = client.chat.completions.create(model="complaints", messages=[{"role": "user", "content": "hi"}], max_tokens=4,
-                                            temperature=0, stream=True)
+    stream = client.chat.completions.create(
+        model="complaints", messages=[{"role": "user", "content": "hi"}], max_tokens=4, temperature=0, stream=True
+    )
     assert "".join(chunk.choices[0].delta.content or "" for chunk in stream) == chat.choices[0].message.content
     import openai
 
@@ -329,7 +368,9 @@ def test_load_test_many_clients_many_adapters_nothing_lost_or_crossed(server, of
     texts = [f"{t} #{n}" for n in range(4) for t in TEXTS]
     requests = [(i % 2 == 0, names[i % 3], texts[i % len(texts)]) for i in range(96)]
     expected_labels = {(name, text): offline.classify([text], name)[0] for name in names for text in texts}
-    expected_text = {(name, text): offline.generate(text, name, max_new_tokens=4)[0] for name in names for text in texts}
+    expected_text = {
+        (name, text): offline.generate(text, name, max_new_tokens=4)[0] for name in names for text in texts
+    }
     headers = {"Authorization": f"Bearer {KEY}"}
     started = time.time()
 
@@ -338,7 +379,11 @@ def test_load_test_many_clients_many_adapters_nothing_lost_or_crossed(server, of
         with httpx.Client(timeout=60) as http:
             if classify:
                 return http.post(f"{url}/v1/classify", json={"model": name, "input": [text]}, headers=headers)
-            return http.post(f"{url}/v1/completions", json={"model": name, "prompt": text, "max_tokens": 4, "temperature": 0}, headers=headers)
+            return http.post(
+                f"{url}/v1/completions",
+                json={"model": name, "prompt": text, "max_tokens": 4, "temperature": 0},
+                headers=headers,
+            )
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         responses = list(pool.map(send, requests))
@@ -348,12 +393,18 @@ def test_load_test_many_clients_many_adapters_nothing_lost_or_crossed(server, of
         body = response.json()
         if classify:
             got, want = body["data"][0], expected_labels[(name, text)]
-            assert got["label"] == want["label"] and got["probabilities"] == pytest.approx(want["probabilities"], abs=1e-4)
+            assert got["label"] == want["label"] and got["probabilities"] == pytest.approx(
+                want["probabilities"], abs=1e-4
+            )
         else:
             assert body["choices"][0]["text"] == expected_text[(name, text)], (name, text)
     metrics = httpx.get(f"{url}/metrics", headers=headers).text
-    sizes = [line for line in metrics.splitlines() if line.startswith("softprompt_batch_rows_bucket") and 'le="1.0"' in line]
-    batches = float(next(line for line in metrics.splitlines() if line.startswith("softprompt_batch_rows_count")).split()[-1])
+    sizes = [
+        line for line in metrics.splitlines() if line.startswith("softprompt_batch_rows_bucket") and 'le="1.0"' in line
+    ]
+    batches = float(
+        next(line for line in metrics.splitlines() if line.startswith("softprompt_batch_rows_count")).split()[-1]
+    )
     single = float(sizes[0].split()[-1])
     assert single < batches  # some requests did share a batch
 
@@ -367,7 +418,11 @@ def test_a_client_that_disconnects_mid_stream_frees_its_place(server):
 
     def generated_tokens(http):
         metrics = http.get(f"{url}/metrics", headers=headers).text
-        return float(next(line for line in metrics.splitlines() if line.startswith("softprompt_generated_tokens_total")).split()[-1])
+        return float(
+            next(line for line in metrics.splitlines() if line.startswith("softprompt_generated_tokens_total")).split()[
+                -1
+            ]
+        )
 
     with httpx.Client(timeout=30) as http:
         whole = http.post(f"{url}/v1/completions", json=body, headers=headers).json()
@@ -387,7 +442,16 @@ def test_sigterm_finishes_in_flight_requests_and_refuses_new_ones(trained_adapte
     import httpx
 
     port = free_port()
-    args = [sys.executable, "-m", "softprompt.cli", "serve", "--port", str(port), "--adapter", f"c={trained_adapters['complaints']}"]
+    args = [
+        sys.executable,
+        "-m",
+        "softprompt.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--adapter",
+        f"c={trained_adapters['complaints']}",
+    ]
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     wait_until_up(url, process)
@@ -417,11 +481,12 @@ def test_sigterm_finishes_in_flight_requests_and_refuses_new_ones(trained_adapte
 
 
 def test_a_sequence_classification_adapter_is_served_too(tmp_path):
-    from softprompt.train import TrainConfig, train
+    from softprompt.training import TrainConfig, train
     from tiny_run import run_config
 
     config = run_config(tmp_path, "prefix_tuning", epochs=2)
-    config["task"].update(task_type="SEQ_CLS", template="{Tweet text}")
+    config["task"].update(template="{Tweet text}")
+    config["task_type"] = "SEQ_CLS"
     train(TrainConfig.from_dict(config))
     adapter = str(tmp_path / "run" / "adapter")
     offline = Predictor.from_pretrained({"head": adapter}).classify(TEXTS, "head")

@@ -3,7 +3,8 @@
 from pathlib import Path
 
 import pytest
-from softprompt.train import TrainConfig
+
+from softprompt.training import TrainConfig
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*/*.yaml"))
 
@@ -16,9 +17,13 @@ def test_the_shipped_config_loads_and_its_task_fits_together(path):
         if task.label_names and task.verbalizer:
             assert set(task.verbalizer) <= set(task.label_names), "a verbalizer entry names no class"
     if config.calibration:
-        assert config.calibration["texts_file"].startswith("hf://datasets/"), "calibration reads the task's hub test split"
-    if not config.tasks:  # a RAFT task's config reads RAFT on the hub; the local copy is an override (multitask sources: local)
-        assert config.train_file.startswith("hf://datasets/ought/raft@"), "read the hub by default; local files are overrides"
+        assert config.calibration.texts_file.startswith("hf://datasets/"), "calibration reads the task's hub test split"
+    if (
+        not config.tasks
+    ):  # a RAFT task's config reads RAFT on the hub; the local copy is an override (multitask sources: local)
+        assert config.train_file.startswith("hf://datasets/ought/raft@"), (
+            "read the hub by default; local files are overrides"
+        )
 
 
 def test_every_task_folder_ships_the_three_prompt_methods():

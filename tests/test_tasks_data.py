@@ -11,9 +11,10 @@ from pathlib import Path
 import datasets
 import pytest
 import yaml
+
 from softprompt import cli
-from softprompt.data import DataError, load_table
-from softprompt.train import TrainConfig, sample_rows, train
+from softprompt.data import DataError, load_table, sample_rows
+from softprompt.training import TrainConfig, train
 from tiny_run import run_config, toy_rows, write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,10 +24,13 @@ RAFT = "hf://datasets/ought/raft@refs/convert/parquet/{}/train/*.parquet"
 
 def raft_like(rows):
     """A split as datasets returns RAFT's Parquet export: Label a ClassLabel with 'Unlabeled' at 0."""
-    features = datasets.Features({
-        "Tweet text": datasets.Value("string"), "ID": datasets.Value("int64"),
-        "Label": datasets.ClassLabel(names=["Unlabeled", "complaint", "no complaint"]),
-    })
+    features = datasets.Features(
+        {
+            "Tweet text": datasets.Value("string"),
+            "ID": datasets.Value("int64"),
+            "Label": datasets.ClassLabel(names=["Unlabeled", "complaint", "no complaint"]),
+        }
+    )
     return datasets.Dataset.from_list(rows, features=features)
 
 
@@ -67,7 +71,9 @@ def test_a_config_trains_from_the_hub_by_default_and_a_local_file_overrides_it(f
     assert task["label_names"] == ["Unlabeled", "complaint", "no complaint"]
 
     local = write_csv(tmp_path / "local.csv", toy_rows(8, seed=3))
-    config = TrainConfig.from_yaml(path, {"train_file": str(local), "task.label_names": ["Unlabeled", "complaint", "no complaint"]})
+    config = TrainConfig.from_yaml(
+        path, {"train_file": str(local), "task.label_names": ["Unlabeled", "complaint", "no complaint"]}
+    )
     assert config.train_file == str(local)
     train(config)
     assert len(fake_hub) == 1  # the override did not touch the Hub
@@ -99,10 +105,14 @@ def test_an_unreachable_hub_names_the_problem_and_the_local_override(monkeypatch
 
 def test_offline_mode_with_the_real_datasets_library_gives_the_same_advice(tmp_path):
     """No mock: datasets and huggingface_hub in offline mode, as on a machine without network."""
-    code = ("from softprompt.data import load_table\n"
-            f"load_table({RAFT.format('twitter_complaints')!r})\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
+    code = f"from softprompt.data import load_table\nload_table({RAFT.format('twitter_complaints')!r})\n"
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")},
+    )
     assert done.returncode != 0
     assert "cannot be reached" in done.stderr and "--train_file PATH" in done.stderr, done.stderr[-2000:]
 
@@ -118,13 +128,22 @@ def test_relative_paths_in_tasks_and_method_options_are_read_from_the_config_fol
     folder = tmp_path / "configs"
     folder.mkdir()
     path = folder / "mpt.yaml"
-    path.write_text(yaml.safe_dump({
-        "method": "multitask_prompt_tuning",
-        "method_options": {"num_virtual_tokens": 4, "prompt_tuning_init": "AVERAGE_SOURCE_TASKS",
-                           "prompt_tuning_init_state_dict_path": "../runs/source/adapter"},
-        "tasks": [{"name": "a", "train_file": "../a.csv", "eval_file": "../a_dev.csv"},
-                  {"name": "b", "train_file": RAFT.format("banking_77")}],
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "method": "multitask_prompt_tuning",
+                "method_options": {
+                    "num_virtual_tokens": 4,
+                    "prompt_tuning_init": "AVERAGE_SOURCE_TASKS",
+                    "prompt_tuning_init_state_dict_path": "../runs/source/adapter",
+                },
+                "tasks": [
+                    {"name": "a", "train_file": "../a.csv", "eval_file": "../a_dev.csv"},
+                    {"name": "b", "train_file": RAFT.format("banking_77")},
+                ],
+            }
+        )
+    )
     config = TrainConfig.from_yaml(path)
     assert config.method_options["prompt_tuning_init_state_dict_path"] == str(tmp_path / "runs" / "source" / "adapter")
     assert [t.train_file for t in config.tasks] == [str(tmp_path / "a.csv"), RAFT.format("banking_77")]
@@ -137,20 +156,31 @@ def test_relative_paths_in_tasks_and_method_options_are_read_from_the_config_fol
         TrainConfig.from_yaml(path, {"tasks.2.train_file": "x.csv"})
 
 
-@pytest.mark.parametrize("change,message", [
-    ({"train_file": "x.csv"}, "tasks replaces train_file"),
-    ({"method": "prompt_tuning"}, "needs a prompt per task: method multitask_prompt_tuning"),
-    ({"method_options": {"num_virtual_tokens": 4, "num_tasks": 3}}, "num_tasks is 3 but tasks lists 2"),
-    ({"tasks": [{"name": "a", "train_file": "a.csv"}, {"name": "a", "train_file": "b.csv"}]}, "task names must differ"),
-    ({"tasks": [{"name": "a", "train_file": "a.csv", "task": {"task_id": 1}}]}, "task id come from the list"),
-    ({"tasks": [{"name": "a", "file": "a.csv"}]}, r"tasks\[0\]: unknown fields \['file'\]"),
-    ({"tasks": [{"name": "a", "train_file": "a.csv", "task": {"task_type": "SEQ_CLS"}}]}, "must be CAUSAL_LM"),
-    ({"best_metric": "last", "early_stopping_patience": 2}, "early_stopping_patience needs a best_metric"),
-    ({"max_train_rows": 0}, "max_train_rows must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"train_file": "x.csv"}, "tasks replaces train_file"),
+        ({"method": "prompt_tuning"}, "needs a prompt per task: method multitask_prompt_tuning"),
+        ({"method_options": {"num_virtual_tokens": 4, "num_tasks": 3}}, "num_tasks is 3 but tasks lists 2"),
+        (
+            {"tasks": [{"name": "a", "train_file": "a.csv"}, {"name": "a", "train_file": "b.csv"}]},
+            "task names must differ",
+        ),
+        ({"tasks": [{"name": "a", "train_file": "a.csv", "task": {"task_id": 1}}]}, "task id come from the list"),
+        ({"tasks": [{"name": "a", "file": "a.csv"}]}, r"tasks\[0\]: unknown fields \['file'\]"),
+        ({"task_type": "SEQ_CLS", "tasks": [{"name": "a", "train_file": "a.csv"}]}, "must be CAUSAL_LM"),
+        ({"tasks": [{"name": "a", "train_file": "a.csv", "task": {"task_type": "SEQ_CLS"}}]}, "task_type is the run's"),
+        ({"best_metric": "last", "early_stopping_patience": 2}, "early_stopping_patience needs a best_metric"),
+        ({"max_train_rows": 0}, "max_train_rows must be a positive integer"),
+    ],
+)
 def test_multitask_config_errors_name_the_field(change, message):
-    data = {"method": "multitask_prompt_tuning", "method_options": {"num_virtual_tokens": 4},
-            "tasks": [{"name": "a", "train_file": "a.csv"}, {"name": "b", "train_file": "b.csv"}], **change}
+    data = {
+        "method": "multitask_prompt_tuning",
+        "method_options": {"num_virtual_tokens": 4},
+        "tasks": [{"name": "a", "train_file": "a.csv"}, {"name": "b", "train_file": "b.csv"}],
+        **change,
+    }
     with pytest.raises(ValueError, match=message):
         TrainConfig.from_dict(data)
 
@@ -174,7 +204,9 @@ def test_best_metric_last_keeps_the_last_epoch_whatever_the_eval_data_say(tmp_pa
     assert all((adapter[k] == checkpoint[k]).all() for k in adapter)  # the adapter is the last epoch's
 
 
-RAFT_CONFIGS = sorted((ROOT / "configs" / "tweet_eval_hate").glob("*.yaml")) + sorted((ROOT / "configs" / "banking77").glob("*.yaml"))
+RAFT_CONFIGS = sorted((ROOT / "configs" / "tweet_eval_hate").glob("*.yaml")) + sorted(
+    (ROOT / "configs" / "banking77").glob("*.yaml")
+)
 
 
 @pytest.mark.parametrize("path", RAFT_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
@@ -182,7 +214,7 @@ def test_raft_configs_read_raft_from_the_hub_with_its_label_names(path):
     config = TrainConfig.from_yaml(path)
     task = path.parent.name
     assert config.train_file == RAFT.format({"banking77": "banking_77"}.get(task, task))
-    assert config.best_metric == "last" and config.task.task_type == "CAUSAL_LM"
+    assert config.best_metric == "last" and config.task_type == "CAUSAL_LM"
     names = config.task.label_names
     assert names[0] == "Unlabeled"
     if task == "banking77":
@@ -193,30 +225,41 @@ def test_raft_configs_read_raft_from_the_hub_with_its_label_names(path):
             assert names == label_file.read_text().split()
     else:
         assert names == ["Unlabeled", "hate speech", "not hate speech"]
-        assert Path(config.eval_file).resolve() == (SHARED / "tweet_eval_hate" / "dev.csv").resolve()  # ../shared may be a link
+        assert (
+            Path(config.eval_file).resolve() == (SHARED / "tweet_eval_hate" / "dev.csv").resolve()
+        )  # ../shared may be a link
 
 
 @pytest.fixture(scope="module")
 def tiny_tokenizer(tmp_path_factory):
-    from tiny_run import make_tiny_model_folder
     from transformers import AutoTokenizer
+
+    from tiny_run import make_tiny_model_folder
 
     return AutoTokenizer.from_pretrained(make_tiny_model_folder(tmp_path_factory.mktemp("tiny") / "model"))
 
 
-@pytest.mark.skipif(not (SHARED / "banking77").is_dir() or not (SHARED / "tweet_eval_hate").is_dir(),
-                    reason="../shared/data (RAFT files) is absent")
-@pytest.mark.parametrize("task,train_name,dev_name,dev_rows", [("tweet_eval_hate", "raft_train.csv", "dev.csv", 400),
-                                                               ("banking77", "raft_train.csv", "raft_test_gold.csv", 5000)])
+@pytest.mark.skipif(
+    not (SHARED / "banking77").is_dir() or not (SHARED / "tweet_eval_hate").is_dir(),
+    reason="../shared/data (RAFT files) is absent",
+)
+@pytest.mark.parametrize(
+    "task,train_name,dev_name,dev_rows",
+    [
+        ("tweet_eval_hate", "raft_train.csv", "dev.csv", 400),
+        ("banking77", "raft_train.csv", "raft_test_gold.csv", 5000),
+    ],
+)
 def test_the_local_raft_files_fit_the_configs(task, train_name, dev_name, dev_rows, tiny_tokenizer):
-    """The documented override (--train_file ../shared/data/TASK/raft_train.csv) and the dev file read with the config's task."""
+    """The documented override (--train_file ../shared/data/TASK/raft_train.csv) and the dev file read
+    with the config's task."""
     import dataclasses
 
-    from softprompt.data import Encoder
+    from softprompt.data import RowTokenizer
 
     config = TrainConfig.from_yaml(ROOT / "configs" / task / "prompt_tuning.yaml")
     spec = dataclasses.replace(config.task, max_length=1024)  # the tiny tokenizer cuts words finer than SmolLM2's
-    encoder = Encoder(tiny_tokenizer, spec, spec.label_names)
+    encoder = RowTokenizer(tiny_tokenizer, spec, spec.label_names)
     train_rows = encoder.encode_table(load_table(str(SHARED / task / train_name)))
     dev = encoder.encode_table(load_table(str(SHARED / task / dev_name), field="eval_file"))
     assert len(train_rows) == 50 and len(dev) == dev_rows

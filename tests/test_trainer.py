@@ -14,8 +14,6 @@ import pytest
 import torch
 import transformers
 from safetensors.torch import load_file
-from softprompt import PeftModel, PrefixTuningConfig, PromptTuningConfig, Seq2SeqTrainer, Trainer, get_peft_model
-from tiny_models import CONFIGS, METHOD_CONFIGS, VOCAB, tiny_model
 from transformers import (
     AutoModelForSeq2SeqLM,
     AutoModelForSequenceClassification,
@@ -24,6 +22,9 @@ from transformers import (
     Seq2SeqTrainingArguments,
     T5Config,
 )
+
+from softprompt import PeftModel, PrefixTuningConfig, Seq2SeqTrainer, Trainer, get_peft_model
+from tiny_models import CONFIGS, METHOD_CONFIGS, VOCAB, tiny_model
 
 LABELS, LENGTH = 3, 8
 ADAPTER_FILES = {"adapter_config.json", "adapter_model.safetensors", "prompt_source.safetensors"}
@@ -37,14 +38,26 @@ def decoder_classifier():
 
 
 def bert_classifier(auto_class=AutoModelForSequenceClassification):
-    config = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+    config = BertConfig(
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
+    )
     config.num_labels, config.initializer_range = LABELS, 0.2
     return auto_class.from_config(config, attn_implementation="eager")
 
 
 def t5():
-    config = T5Config(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, decoder_start_token_id=0,
-                      pad_token_id=0, eos_token_id=1, initializer_range=0.2)
+    config = T5Config(
+        vocab_size=VOCAB,
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_heads=4,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+        initializer_range=0.2,
+    )
     return AutoModelForSeq2SeqLM.from_config(config, attn_implementation="eager")
 
 
@@ -88,7 +101,11 @@ TASKS = {
     "CAUSAL_LM": (lambda: tiny_model("llama_gqa"), lm_rows, list(METHOD_CONFIGS)),
     "SEQ_CLS-llama": (decoder_classifier, class_rows, SEQ_CLS_METHODS),
     "SEQ_CLS-bert": (bert_classifier, class_rows, SEQ_CLS_METHODS),
-    "TOKEN_CLS-bert": (lambda: bert_classifier(AutoModelForTokenClassification), token_rows, ["prompt_tuning", "prefix_tuning"]),
+    "TOKEN_CLS-bert": (
+        lambda: bert_classifier(AutoModelForTokenClassification),
+        token_rows,
+        ["prompt_tuning", "prefix_tuning"],
+    ),
     "SEQ_2_SEQ_LM-t5": (t5, seq2seq_rows, SEQ2SEQ_METHODS),
 }
 CASES = [(task, method) for task, (_, _, methods) in TASKS.items() for method in methods]
@@ -112,8 +129,17 @@ def rows(task, count, seed=0):
 def arguments(output_dir, **overrides) -> Seq2SeqTrainingArguments:
     """TrainingArguments for either trainer (Seq2SeqTrainer needs the seq2seq subclass)."""
     settings = dict(
-        output_dir=str(output_dir), per_device_train_batch_size=2, per_device_eval_batch_size=4, learning_rate=0.05,
-        max_steps=4, save_strategy="no", logging_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True, seed=0,
+        output_dir=str(output_dir),
+        per_device_train_batch_size=2,
+        per_device_eval_batch_size=4,
+        learning_rate=0.05,
+        max_steps=4,
+        save_strategy="no",
+        logging_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
     )
     return Seq2SeqTrainingArguments(**{**settings, **overrides})
 
@@ -155,21 +181,37 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path):
     results = []
     for batch, steps in [(4, 1), (2, 2)]:
         model = make_model("CAUSAL_LM", "prompt_tuning")
-        args = arguments(tmp_path / str(batch), per_device_train_batch_size=batch, gradient_accumulation_steps=steps,
-                         max_steps=1, optim="sgd", learning_rate=1.0, max_grad_norm=0)
+        args = arguments(
+            tmp_path / str(batch),
+            per_device_train_batch_size=batch,
+            gradient_accumulation_steps=steps,
+            max_steps=1,
+            optim="sgd",
+            learning_rate=1.0,
+            max_grad_norm=0,
+        )
         transformers.Trainer(model=model, args=args, train_dataset=lm_rows(8)).train()
         results.append(trained_state(model))
     assert_same(results[1], results[0])
 
 
-@pytest.mark.parametrize("task, method, trainer_class", [
-    ("CAUSAL_LM", "prefix_projection", Trainer), ("CAUSAL_LM", "multitask", Seq2SeqTrainer), ("SEQ_CLS-llama", "prompt_tuning", Trainer),
-    ("SEQ_CLS-bert", "p_tuning_lstm", Trainer), ("SEQ_2_SEQ_LM-t5", "prompt_tuning", Seq2SeqTrainer),
-])
+@pytest.mark.parametrize(
+    "task, method, trainer_class",
+    [
+        ("CAUSAL_LM", "prefix_projection", Trainer),
+        ("CAUSAL_LM", "multitask", Seq2SeqTrainer),
+        ("SEQ_CLS-llama", "prompt_tuning", Trainer),
+        ("SEQ_CLS-bert", "p_tuning_lstm", Trainer),
+        ("SEQ_2_SEQ_LM-t5", "prompt_tuning", Seq2SeqTrainer),
+    ],
+)
 def test_checkpoints_hold_the_adapter_files_only(task, method, trainer_class, tmp_path):
     model = make_model(task, method)
-    trainer = trainer_class(model=model, args=arguments(tmp_path, max_steps=2, save_strategy="steps", save_steps=2),
-                            train_dataset=rows(task, 8))
+    trainer = trainer_class(
+        model=model,
+        args=arguments(tmp_path, max_steps=2, save_strategy="steps", save_steps=2),
+        train_dataset=rows(task, 8),
+    )
     trainer.train()
     checkpoint = tmp_path / "checkpoint-2"
     assert set(os.listdir(checkpoint)) == ADAPTER_FILES | TRAINER_FILES  # no model.safetensors
@@ -179,7 +221,9 @@ def test_checkpoints_hold_the_adapter_files_only(task, method, trainer_class, tm
     model.save_pretrained(tmp_path / "saved", include_prompt_source=True)
     for name in ("adapter_model.safetensors", "prompt_source.safetensors"):
         assert_same(load_file(checkpoint / name), load_file(tmp_path / "saved" / name), atol=0)
-    assert json.loads((checkpoint / "adapter_config.json").read_text()) == json.loads((tmp_path / "saved" / "adapter_config.json").read_text())
+    assert json.loads((checkpoint / "adapter_config.json").read_text()) == json.loads(
+        (tmp_path / "saved" / "adapter_config.json").read_text()
+    )
     torch.manual_seed(0)
     loaded = PeftModel.from_pretrained(TASKS[task][0](), checkpoint).eval()
     batch = transformers.default_data_collator(rows(task, 3, seed=2))
@@ -190,7 +234,9 @@ def test_checkpoints_hold_the_adapter_files_only(task, method, trainer_class, tm
 
 
 RESUME_CASES = [("CAUSAL_LM", method) for method in METHOD_CONFIGS] + [
-    ("SEQ_CLS-llama", "prefix_tuning"), ("SEQ_CLS-bert", "prefix_projection"), ("SEQ_2_SEQ_LM-t5", "p_tuning_lstm"),
+    ("SEQ_CLS-llama", "prefix_tuning"),
+    ("SEQ_CLS-bert", "prefix_projection"),
+    ("SEQ_2_SEQ_LM-t5", "p_tuning_lstm"),
     ("TOKEN_CLS-bert", "prefix_tuning"),
 ]
 
@@ -215,7 +261,9 @@ def test_resuming_from_a_checkpoint_equals_an_uninterrupted_run(task, method, tm
 
 
 BEST_CASES = [("CAUSAL_LM", method) for method in METHOD_CONFIGS] + [
-    ("SEQ_CLS-llama", "p_tuning_lstm"), ("SEQ_CLS-bert", "prefix_tuning"), ("SEQ_2_SEQ_LM-t5", "prefix_projection"),
+    ("SEQ_CLS-llama", "p_tuning_lstm"),
+    ("SEQ_CLS-bert", "prefix_tuning"),
+    ("SEQ_2_SEQ_LM-t5", "prefix_projection"),
 ]
 
 
@@ -223,22 +271,39 @@ BEST_CASES = [("CAUSAL_LM", method) for method in METHOD_CONFIGS] + [
 def test_load_best_model_at_end_restores_the_best_checkpoints_adapter(task, method, tmp_path):
     model = make_model(task, method)
     scores = iter([1.0, 3.0, 2.0])  # epoch 2 of 3 is the best
-    args = arguments(tmp_path, max_steps=-1, num_train_epochs=3, eval_strategy="epoch", save_strategy="epoch",
-                     load_best_model_at_end=True, metric_for_best_model="score", greater_is_better=True)
-    trainer = Trainer(model=model, args=args, train_dataset=rows(task, 8), eval_dataset=rows(task, 4, seed=1),
-                      compute_metrics=lambda _: {"score": next(scores)})
+    args = arguments(
+        tmp_path,
+        max_steps=-1,
+        num_train_epochs=3,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        load_best_model_at_end=True,
+        metric_for_best_model="score",
+        greater_is_better=True,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=rows(task, 8),
+        eval_dataset=rows(task, 4, seed=1),
+        compute_metrics=lambda _: {"score": next(scores)},
+    )
     trainer.train()
     best, last = tmp_path / "checkpoint-8", tmp_path / "checkpoint-12"  # 4 steps per epoch
     assert trainer.state.best_model_checkpoint == str(best)
     assert_same(dict(model.prompt_source.state_dict()), load_file(best / "prompt_source.safetensors"), atol=0)
     model.save_pretrained(tmp_path / "final")
-    assert_same(load_file(tmp_path / "final" / "adapter_model.safetensors"), load_file(best / "adapter_model.safetensors"), atol=0)
+    assert_same(
+        load_file(tmp_path / "final" / "adapter_model.safetensors"),
+        load_file(best / "adapter_model.safetensors"),
+        atol=0,
+    )
     last_table = load_file(last / "adapter_model.safetensors")["prompt_embeddings"]
     assert not torch.equal(last_table, load_file(best / "adapter_model.safetensors")["prompt_embeddings"])
 
 
 def two_adapter_model(prompt_seed=1):
-    """"default" (prompt tuning) and the active "other" (prefix projection)."""
+    """ "default" (prompt tuning) and the active "other" (prefix projection)."""
     model = make_model("CAUSAL_LM", "prompt_tuning", prompt_seed)
     model.add_adapter("other", PrefixTuningConfig(num_virtual_tokens=3, prefix_projection=True, encoder_hidden_size=16))
     model.set_adapter("other")
@@ -268,19 +333,28 @@ def test_the_active_adapter_trains_and_checkpoints_hold_every_adapter(tmp_path):
 
 def test_a_checkpoint_without_the_active_adapter_is_refused_clearly(tmp_path):
     model = make_model("CAUSAL_LM", "prompt_tuning")
-    Trainer(model=model, args=arguments(tmp_path, max_steps=1, save_strategy="steps", save_steps=1), train_dataset=lm_rows(2)).train()
+    Trainer(
+        model=model,
+        args=arguments(tmp_path, max_steps=1, save_strategy="steps", save_steps=1),
+        train_dataset=lm_rows(2),
+    ).train()
     other = two_adapter_model()
     trainer = Trainer(model=other, args=arguments(tmp_path, max_steps=2), train_dataset=lm_rows(2))
     with pytest.raises(ValueError, match="holds no adapter 'other'"):
         trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-1"))
 
 
-@pytest.mark.parametrize("task, method, column", [("CAUSAL_LM", "cpt", "input_type_mask"), ("SEQ_CLS-bert", "prompt_tuning", "token_type_ids")])
+@pytest.mark.parametrize(
+    "task, method, column",
+    [("CAUSAL_LM", "cpt", "input_type_mask"), ("SEQ_CLS-bert", "prompt_tuning", "token_type_ids")],
+)
 def test_dataset_columns_the_wrapper_passes_on_are_kept(task, method, column, tmp_path):
     """CPT's input_type_mask and the base model's own arguments are not named in the wrapper's signature."""
     datasets = pytest.importorskip("datasets")
     data = [{**{k: v.tolist() for k, v in row.items()}, column: [0] * LENGTH, "note": "x"} for row in rows(task, 4)]
-    trainer = Trainer(model=make_model(task, method), args=arguments(tmp_path), train_dataset=datasets.Dataset.from_list(data))
+    trainer = Trainer(
+        model=make_model(task, method), args=arguments(tmp_path), train_dataset=datasets.Dataset.from_list(data)
+    )
     batch = next(iter(trainer.get_train_dataloader()))
     assert column in batch and "note" not in batch
 

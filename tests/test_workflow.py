@@ -12,10 +12,12 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file, save_file
-from softprompt import cli, model as model_module, train as train_module
-from softprompt.train import TrainConfig, TrainingDiverged, train
-from softprompt.data import Example
-from softprompt.task import read_task
+
+from softprompt import cli
+from softprompt.data import Example, read_task
+from softprompt.task_types import causal_lm as model_module
+from softprompt.training import TrainConfig, TrainingDiverged, train
+from softprompt.training import loop as train_module
 from tiny_run import run_config, toy_rows, write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +33,9 @@ def write_yaml(tmp_path, config, name="run.yaml"):
 def run_cli(args, env=None, **kwargs):
     """Run `python -m softprompt.cli ...` in a fresh process (as a user would)."""
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "softprompt.cli", *args], capture_output=True, text=True, env=full_env, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "softprompt.cli", *args], capture_output=True, text=True, env=full_env, **kwargs
+    )
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +51,9 @@ def test_cli_train_writes_adapter_checkpoint_metrics_and_plot(trained_run):
     run = trained_run / "run"
     assert sorted(os.listdir(run)) == ["adapter", "checkpoint", "metrics.jsonl", "metrics.png", "run_config.yaml"]
     assert sorted(os.listdir(run / "adapter")) == ["adapter_config.json", "adapter_model.safetensors", "task.json"]
-    assert {"optimizer.safetensors", "prompt_source.safetensors", "trainer_state.json"} <= set(os.listdir(run / "checkpoint"))
+    assert {"optimizer.safetensors", "prompt_source.safetensors", "trainer_state.json"} <= set(
+        os.listdir(run / "checkpoint")
+    )
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [line["epoch"] for line in lines] == [1, 2, 3, 4]
     for key in ("train_loss", "train_ppl", "eval_loss", "eval_ppl", "eval_accuracy", "eval_macro_f1"):
@@ -95,7 +101,10 @@ def test_ensemble_averages_the_adapters_probabilities(trained_run, tmp_path):
     shutil.copytree(adapter, other)
     tensors = load_file(str(other / "adapter_model.safetensors"))
     generator = torch.Generator().manual_seed(0)  # another prompt of the same shape: a different member
-    save_file({name: torch.randn(t.shape, generator=generator) for name, t in tensors.items()}, str(other / "adapter_model.safetensors"))
+    save_file(
+        {name: torch.randn(t.shape, generator=generator) for name, t in tensors.items()},
+        str(other / "adapter_model.safetensors"),
+    )
     texts = ["my order never arrived", "thanks for the quick help", "wifi down all day"]
 
     def probabilities(*args):
@@ -103,7 +112,11 @@ def test_ensemble_averages_the_adapters_probabilities(trained_run, tmp_path):
         assert done.returncode == 0, done.stderr
         return [json.loads(line)["p(complaint)"] for line in done.stdout.splitlines()]
 
-    alone, second, together = probabilities(str(adapter)), probabilities(str(other)), probabilities(str(adapter), "--ensemble", str(other))
+    alone, second, together = (
+        probabilities(str(adapter)),
+        probabilities(str(other)),
+        probabilities(str(adapter), "--ensemble", str(other)),
+    )
     assert alone != second
     assert together == pytest.approx([(a + b) / 2 for a, b in zip(alone, second)], abs=2e-4)
     done = run_cli(["eval", str(adapter), "--ensemble", str(other), "--data", str(trained_run / "dev.csv")])
@@ -111,10 +124,23 @@ def test_ensemble_averages_the_adapters_probabilities(trained_run, tmp_path):
     assert json.loads(done.stdout)["adapters"] == 2
 
     task = json.loads((other / "task.json").read_text())
-    (other / "task.json").write_text(json.dumps({**task, "label_names": ["Unlabeled", "good", "bad"], "verbalizer": {}}))
+    (other / "task.json").write_text(
+        json.dumps({**task, "label_names": ["Unlabeled", "good", "bad"], "verbalizer": {}})
+    )
     done = run_cli(["predict", str(adapter), "--ensemble", str(other), "--", "hello"])
     assert done.returncode == 2 and "an ensemble needs adapters trained for the same labels" in done.stderr
-    done = run_cli(["eval", str(adapter), "--ensemble", str(other), "--method", "generation", "--data", str(trained_run / "dev.csv")])
+    done = run_cli(
+        [
+            "eval",
+            str(adapter),
+            "--ensemble",
+            str(other),
+            "--method",
+            "generation",
+            "--data",
+            str(trained_run / "dev.csv"),
+        ]
+    )
     assert done.returncode == 2 and "use it with --method scoring" in done.stderr
     (other / "task.json").unlink()  # an adapter without its task (e.g. from PEFT): say what to add
     done = run_cli(["predict", str(other), "hello"])
@@ -141,7 +167,8 @@ def test_cli_push_uploads_the_adapter_with_its_task_in_one_commit(trained_run, t
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     assert cli.main(["push", str(adapter), "me/tweets", "--private", "--token", "hf_x"]) == 0
     assert calls == [
-        ("token", "hf_x"), ("create", "me/tweets", True, True),
+        ("token", "hf_x"),
+        ("create", "me/tweets", True, True),
         ("upload", "me/tweets", ["adapter_config.json", "adapter_model.safetensors", "task.json"]),
     ]
     assert "softprompt predict me/tweets" in capsys.readouterr().out
@@ -175,7 +202,7 @@ def test_the_task_of_a_pushed_adapter_comes_from_the_hub(trained_run, monkeypatc
 
 def test_python_api_classifies_like_the_cli(trained_run):
     from softprompt import Predictor
-    from softprompt.evaluate import score_labels
+    from softprompt.task_types.causal_lm import score_labels
 
     adapter = str(trained_run / "run" / "adapter")
     predictor = Predictor.from_pretrained(adapter)
@@ -184,9 +211,11 @@ def test_python_api_classifies_like_the_cli(trained_run):
     row = json.loads(done.stdout)
     assert probabilities[0].tolist() == pytest.approx([row["p(complaint)"], row["p(no complaint)"]], abs=1e-4)
     # the same numbers as the training loop's scorer
-    encoder = predictor.task()
+    encoder = predictor.row_tokenizer()
     examples = [encoder.encode({"Tweet text": "my order never arrived"}, labelled=False)]
-    torch.testing.assert_close(score_labels(predictor.model, encoder, examples, progress=False).softmax(-1), probabilities)
+    torch.testing.assert_close(
+        score_labels(predictor.model, encoder, examples, progress=False).softmax(-1), probabilities
+    )
 
 
 def test_cli_errors_are_clear(tmp_path):
@@ -196,15 +225,40 @@ def test_cli_errors_are_clear(tmp_path):
     assert done.returncode == 2 and "does not exist" in done.stderr
 
 
+# `softprompt ...` in a process that dies by SIGKILL right after the checkpoint of epoch 2 is written
+KILLED_AFTER_EPOCH_2 = """
+import os, signal, sys
+from softprompt import cli
+from softprompt.training import loop
+
+def save_then_die(folder, model, rows, optimizer, scheduler, state, real=loop.save_checkpoint):
+    real(folder, model, rows, optimizer, scheduler, state)
+    if state["epoch"] == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+loop.save_checkpoint = save_then_die
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_resume_after_kill_9_ends_with_the_same_adapter(tmp_path, method):
     # Unbalanced training rows with balance_classes: the per-epoch resampling must resume exactly too.
-    options = {"balance_classes": True, "train_file": str(write_csv(tmp_path / "skewed.csv", toy_rows(16, seed=1)[:-5]))}
-    straight = write_yaml(tmp_path, run_config(tmp_path, method, output_dir=str(tmp_path / "straight"), **options), "a.yaml")
-    killed = write_yaml(tmp_path, run_config(tmp_path, method, output_dir=str(tmp_path / "killed"), **options), "b.yaml")
+    options = {
+        "balance_classes": True,
+        "train_file": str(write_csv(tmp_path / "skewed.csv", toy_rows(16, seed=1)[:-5])),
+    }
+    straight = write_yaml(
+        tmp_path, run_config(tmp_path, method, output_dir=str(tmp_path / "straight"), **options), "a.yaml"
+    )
+    killed = write_yaml(
+        tmp_path, run_config(tmp_path, method, output_dir=str(tmp_path / "killed"), **options), "b.yaml"
+    )
     assert run_cli(["train", "--config", str(straight)]).returncode == 0
-    done = run_cli(["train", "--config", str(killed)], env={"SOFTPROMPT_KILL_AFTER_EPOCH": "2"})
-    assert done.returncode == -signal.SIGKILL
+    done = subprocess.run(
+        [sys.executable, "-c", KILLED_AFTER_EPOCH_2, "train", "--config", str(killed)], capture_output=True, text=True
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr
     state = json.loads((tmp_path / "killed" / "checkpoint" / "trainer_state.json").read_text())
     assert state["epoch"] == 2
     done = run_cli(["train", "--config", str(killed), "--resume"])
@@ -213,9 +267,15 @@ def test_resume_after_kill_9_ends_with_the_same_adapter(tmp_path, method):
         a = load_file(tmp_path / "straight" / folder / name)
         b = load_file(tmp_path / "killed" / folder / name)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f"{folder}/{name} differs"
-    history = lambda run: (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+
+    def history(run):
+        return (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+
     assert len(history("killed")) == 3
-    strip = lambda lines: [{k: v for k, v in json.loads(l).items() if k != "seconds"} for l in lines]
+
+    def strip(lines):
+        return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in lines]
+
     assert strip(history("killed")) == strip(history("straight"))
 
 
@@ -238,25 +298,53 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, 
         train(config)
     state = json.loads((tmp_path / "run" / "checkpoint" / "trainer_state.json").read_text())
     assert state["epoch"] == 1
-    assert load_file(tmp_path / "run" / "checkpoint" / "adapter_model.safetensors")["prompt_embeddings"].isfinite().all()
+    assert (
+        load_file(tmp_path / "run" / "checkpoint" / "adapter_model.safetensors")["prompt_embeddings"].isfinite().all()
+    )
 
 
 def test_accelerate_two_processes_train_and_save_one_adapter(tmp_path):
     config = write_yaml(tmp_path, run_config(tmp_path, epochs=2))
     launcher = Path(sys.executable).with_name("accelerate")
     done = subprocess.run(
-        [str(launcher), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-         "--dynamo_backend", "no", "-m", "softprompt.cli", "train", "--config", str(config)],
-        capture_output=True, text=True, timeout=600,
+        [
+            str(launcher),
+            "launch",
+            "--cpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "-m",
+            "softprompt.cli",
+            "train",
+            "--config",
+            str(config),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("trainable params:") == 1  # only the main process reports
-    assert sorted(os.listdir(tmp_path / "run")) == ["adapter", "checkpoint", "metrics.jsonl", "metrics.png", "run_config.yaml"]
+    assert sorted(os.listdir(tmp_path / "run")) == [
+        "adapter",
+        "checkpoint",
+        "metrics.jsonl",
+        "metrics.png",
+        "run_config.yaml",
+    ]
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folders left
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "configs").rglob("*.yaml")) + [ROOT / "src/softprompt/demo_data/demo.yaml"], ids=str)
+@pytest.mark.parametrize(
+    "path", sorted((ROOT / "configs").rglob("*.yaml")) + [ROOT / "src/softprompt/demo_data/demo.yaml"], ids=str
+)
 def test_every_shipped_config_is_valid(path):
     data = yaml.safe_load(path.read_text())
     if "tasks" not in data:
@@ -266,7 +354,9 @@ def test_every_shipped_config_is_valid(path):
     if "configs" in path.parts:  # paths are read from the config's folder: the shared data (or the Hub) and ROOT/runs
         config = TrainConfig.from_yaml(path)
         shared = (ROOT.parent / "shared" / "data").resolve()  # ../shared may be a link
-        for file in [config.train_file, config.eval_file] + [f for t in config.tasks or [] for f in (t.train_file, t.eval_file)]:
+        for file in [config.train_file, config.eval_file] + [
+            f for t in config.tasks or [] for f in (t.train_file, t.eval_file)
+        ]:
             if file is not None and not file.startswith("hf://datasets/ought/raft@refs/convert/parquet/"):
                 assert Path(file).resolve().is_relative_to(shared), file
         assert Path(config.output_dir).parent == ROOT / "runs" / path.parent.name
@@ -283,7 +373,9 @@ def test_config_paths_are_read_from_the_config_folder(tmp_path, monkeypatch):
     assert config.train_file == str(tmp_path / "project" / "train.csv")
     assert config.output_dir == str(tmp_path / "project" / "runs" / "a")
     assert config.model == str(tmp_path / "project" / "my-model")
-    assert TrainConfig.from_yaml(write_yaml(folder, {"train_file": "x.csv", "model": "me/model"})).model == "me/model"  # a hub id
+    assert (
+        TrainConfig.from_yaml(write_yaml(folder, {"train_file": "x.csv", "model": "me/model"})).model == "me/model"
+    )  # a hub id
     # command-line overrides are typed in the current folder and stay relative to it
     assert TrainConfig.from_yaml(path, {"train_file": "other.csv"}).train_file == "other.csv"
     with pytest.raises(ValueError, match="must be a YAML mapping"):
@@ -317,6 +409,8 @@ def test_config_errors_name_the_field():
     with pytest.raises(ValueError, match="unknown fields \\['epoch'\\]"):
         TrainConfig.from_dict({"train_file": "x.csv", "epoch": 3})
     with pytest.raises(ValueError, match="not fields of PromptTuningConfig"):
-        TrainConfig.from_dict({"train_file": "x.csv", "method_options": {"num_virtual_tokens": 4, "prefix_projection": True}})
+        TrainConfig.from_dict(
+            {"train_file": "x.csv", "method_options": {"num_virtual_tokens": 4, "prefix_projection": True}}
+        )
     with pytest.raises(ValueError, match="give train_file"):
         TrainConfig.from_dict({})

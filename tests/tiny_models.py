@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from softprompt import CPTConfig, MultitaskPromptTuningConfig, PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig
 from transformers import (
     AutoModelForCausalLM,
     BloomConfig,
@@ -14,27 +13,55 @@ from transformers import (
     Qwen2Config,
 )
 
+from softprompt import (
+    CPTConfig,
+    MultitaskPromptTuningConfig,
+    PrefixTuningConfig,
+    PromptEncoderConfig,
+    PromptTuningConfig,
+)
+
 VOCAB = 128
 
 CONFIGS = {
     "gpt2": lambda: GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=256),
     # grouped-query attention, and head_dim (16) != hidden / heads (48 / 4 = 12)
     "llama_gqa": lambda: LlamaConfig(
-        vocab_size=VOCAB, hidden_size=48, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
+        vocab_size=VOCAB,
+        hidden_size=48,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=256,
     ),
     "bloom": lambda: BloomConfig(vocab_size=VOCAB, hidden_size=32, n_layer=2, n_head=4),
     "opt": lambda: OPTConfig(
-        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=4,
-        max_position_embeddings=256, word_embed_proj_dim=32,
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        ffn_dim=64,
+        num_attention_heads=4,
+        max_position_embeddings=256,
+        word_embed_proj_dim=32,
     ),
     "gpt_neox": lambda: GPTNeoXConfig(
-        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
         max_position_embeddings=256,
     ),
     "qwen2": lambda: Qwen2Config(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256,
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
     ),
 }
 ARCHITECTURES = list(CONFIGS)
@@ -60,7 +87,9 @@ METHOD_CONFIGS = {
         num_virtual_tokens=4, encoder_hidden_size=16, encoder_reparameterization_type="LSTM"
     ),
     "prefix_tuning": lambda: PrefixTuningConfig(num_virtual_tokens=4),
-    "prefix_projection": lambda: PrefixTuningConfig(num_virtual_tokens=4, prefix_projection=True, encoder_hidden_size=16),
+    "prefix_projection": lambda: PrefixTuningConfig(
+        num_virtual_tokens=4, prefix_projection=True, encoder_hidden_size=16
+    ),
     "multitask": lambda: MultitaskPromptTuningConfig(num_virtual_tokens=4, num_tasks=1, num_ranks=2),
     # an in-context example: template, input, output template, label (CPT keeps the label token fixed)
     "cpt": lambda: CPTConfig(cpt_token_ids=[40, 41, 42, 43, 44], cpt_tokens_type_mask=[1, 2, 2, 3, 4]),

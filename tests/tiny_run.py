@@ -10,10 +10,26 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-GOOD = ["thanks for the quick help", "love the new menu", "great service today", "what time do you open",
-        "the app update looks nice", "happy with my order", "see you at the event", "nice work team"]
-BAD = ["my order never arrived", "the screen is broken again", "still waiting for my refund", "train cancelled twice",
-       "billing charged me twice", "nobody answers the phone", "the parcel came damaged", "wifi down all day"]
+GOOD = [
+    "thanks for the quick help",
+    "love the new menu",
+    "great service today",
+    "what time do you open",
+    "the app update looks nice",
+    "happy with my order",
+    "see you at the event",
+    "nice work team",
+]
+BAD = [
+    "my order never arrived",
+    "the screen is broken again",
+    "still waiting for my refund",
+    "train cancelled twice",
+    "billing charged me twice",
+    "nobody answers the phone",
+    "the parcel came damaged",
+    "wifi down all day",
+]
 
 
 def toy_rows(count: int, seed: int) -> list[dict]:
@@ -45,12 +61,22 @@ def make_tiny_model_folder(folder: Path) -> Path:
     )
     tokenizer.train_from_iterator(corpus, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="<eos>")
-    fast.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}"
+    fast.chat_template = (
+        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant:{% endif %}"
+    )
     fast.save_pretrained(folder)
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, pad_token_id=fast.pad_token_id, eos_token_id=fast.eos_token_id,
+        vocab_size=len(fast),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=fast.pad_token_id,
+        eos_token_id=fast.eos_token_id,
         bos_token_id=None,
     )
     LlamaForCausalLM(config).save_pretrained(folder)

@@ -1,10 +1,25 @@
-"""softprompt: prompt tuning, p-tuning and prefix tuning for frozen causal language models.
+"""softprompt: prompt tuning, p-tuning, prefix tuning and their kin for frozen transformer models (causal LMs,
+encoder-decoders, classifiers and encoders), with PEFT's API and adapter files.
 
 A drop-in for PEFT's prompt-learning API: `from softprompt import get_peft_model, PromptTuningConfig, ...`.
+The package, bottom to top (imports run downward only; .importlinter holds the contract CI checks):
+
+    errors, registry, config, adapter_io, base_models, compat, data   the ground floor
+    methods      one module per method: its config and PromptSource, registered
+    core         injections, the prompt-states cache, the task-agnostic PeftModel, get_peft_model
+    task_types   one module per task type: its wrapper, Auto class and train/eval behaviour, registered
+    inference    Predictor, generation, calibration, metrics, the batching engine
+    training     TrainConfig, the loop, checkpoints; the HF Trainer
+    serving      the HTTP server's routers;  cli  the command line
 """
 
-from .adapters import AdapterError
-from .config import ConfigError, PeftConfig, PeftType, PromptLearningConfig, TaskType, get_peft_config
+from importlib.metadata import PackageNotFoundError, version
+
+from .base_models import DEFAULT_MODEL, load_base_model, load_tokenizer
+from .config import PeftConfig, PeftType, PromptLearningConfig, TaskType, get_peft_config
+from .core import AutoPeftModel, PeftModel, get_peft_model
+from .errors import AdapterError, ConfigError, DataError, ModelNotFoundError, TrainingDiverged, UnknownAdapterError
+from .inference import Predictor
 from .methods import (
     CPTConfig,
     MultitaskPromptTuningConfig,
@@ -12,24 +27,36 @@ from .methods import (
     PrefixTuningConfig,
     PromptEncoderConfig,
     PromptEncoderReparameterizationType,
+    PromptSource,
     PromptTuningConfig,
     PromptTuningInit,
 )
-from .model import AutoPeftModelForCausalLM, PeftModel, PeftModelForCausalLM, get_peft_model
-from .models import DEFAULT_MODEL, ModelNotFoundError, load_base_model, load_tokenizer
-from .predictor import Predictor
-from .features import PeftModelForFeatureExtraction
-from .seq2seq import AutoPeftModelForSeq2SeqLM, PeftModelForSeq2SeqLM
-from .seq_cls import AutoPeftModelForSequenceClassification, PeftModelForSequenceClassification
-from .token_cls import PeftModelForTokenClassification
+from .registry import register_method, register_task_type
+from .task_types import (
+    AutoPeftModelForCausalLM,
+    AutoPeftModelForFeatureExtraction,
+    AutoPeftModelForSeq2SeqLM,
+    AutoPeftModelForSequenceClassification,
+    AutoPeftModelForTokenClassification,
+    PeftModelForCausalLM,
+    PeftModelForFeatureExtraction,
+    PeftModelForSeq2SeqLM,
+    PeftModelForSequenceClassification,
+    PeftModelForTokenClassification,
+    TaskBehaviour,
+)
+from .training import TrainConfig, train
 
-__version__ = "0.1.0"
+try:
+    __version__ = version("softprompt")  # the one place it is written is pyproject.toml
+except PackageNotFoundError:  # pragma: no cover - a source tree that was never installed
+    __version__ = "0+unknown"
 
 
 def __getattr__(name: str):
     """softprompt.Trainer and Seq2SeqTrainer import transformers' Trainer (seconds): only when asked for."""
     if name in ("Trainer", "Seq2SeqTrainer"):
-        from . import hf_trainer
+        from .training import hf_trainer
 
         return getattr(hf_trainer, name)
     raise AttributeError(f"module 'softprompt' has no attribute {name!r}")
@@ -38,11 +65,15 @@ def __getattr__(name: str):
 __all__ = [
     "DEFAULT_MODEL",
     "AdapterError",
+    "AutoPeftModel",
     "AutoPeftModelForCausalLM",
+    "AutoPeftModelForFeatureExtraction",
     "AutoPeftModelForSeq2SeqLM",
     "AutoPeftModelForSequenceClassification",
+    "AutoPeftModelForTokenClassification",
     "CPTConfig",
     "ConfigError",
+    "DataError",
     "ModelNotFoundError",
     "MultitaskPromptTuningConfig",
     "MultitaskPromptTuningInit",
@@ -59,13 +90,21 @@ __all__ = [
     "PromptEncoderConfig",
     "PromptEncoderReparameterizationType",
     "PromptLearningConfig",
+    "PromptSource",
     "PromptTuningConfig",
     "PromptTuningInit",
     "Seq2SeqTrainer",
+    "TaskBehaviour",
     "TaskType",
+    "TrainConfig",
     "Trainer",
+    "TrainingDiverged",
+    "UnknownAdapterError",
     "get_peft_config",
     "get_peft_model",
     "load_base_model",
     "load_tokenizer",
+    "register_method",
+    "register_task_type",
+    "train",
 ]

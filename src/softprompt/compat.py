@@ -21,7 +21,7 @@ from transformers import DynamicCache, EncoderDecoderCache
 from transformers.cache_utils import DynamicLayer
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _forward_parameters(model_class: type) -> frozenset[str]:
     return frozenset(inspect.signature(model_class.forward).parameters)
 
@@ -122,7 +122,8 @@ class PassThroughLayer(DynamicLayer):
 
 
 class _NeverUpdated(dict):
-    """EncoderDecoderCache.is_updated that never says a cross-attention layer is cached (stateless under recomputation)."""
+    """EncoderDecoderCache.is_updated that never says a cross-attention layer is cached (stateless under
+    recomputation)."""
 
     def __setitem__(self, key, value):
         pass
@@ -300,11 +301,17 @@ def eager_attention(module, query, key, value, attention_mask, scaling=None, dro
     return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
 
 
-def mpnet_self_attention_forward(self, hidden_states, attention_mask=None, position_bias=None, output_attentions=False, **kwargs):
+def mpnet_self_attention_forward(
+    self, hidden_states, attention_mask=None, position_bias=None, output_attentions=False, **kwargs
+):
     """MPNetSelfAttention.forward of transformers 5.24, with its attention run through `prefix_attention`."""
     shape = (*hidden_states.shape[:-1], -1, self.attention_head_size)
-    query, key, value = (projection(hidden_states).view(shape).transpose(1, 2) for projection in (self.q, self.k, self.v))
-    output, weights = prefix_attention(self, query, key, value, attention_mask, dropout=self.dropout.p, position_bias=position_bias)
+    query, key, value = (
+        projection(hidden_states).view(shape).transpose(1, 2) for projection in (self.q, self.k, self.v)
+    )
+    output, weights = prefix_attention(
+        self, query, key, value, attention_mask, dropout=self.dropout.p, position_bias=position_bias
+    )
     output = self.o(output.reshape(*hidden_states.shape[:-1], self.all_head_size))
     return (output, weights) if output_attentions else (output,)
 

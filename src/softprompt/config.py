@@ -14,11 +14,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-CONFIG_NAME = "adapter_config.json"
-
-
-class ConfigError(ValueError):
-    """A config value is wrong; the message names the field and the fix."""
+from . import adapter_io, registry
+from .errors import ConfigError
 
 
 class TaskType(str, enum.Enum):
@@ -28,10 +25,6 @@ class TaskType(str, enum.Enum):
     TOKEN_CLS = "TOKEN_CLS"
     QUESTION_ANS = "QUESTION_ANS"
     FEATURE_EXTRACTION = "FEATURE_EXTRACTION"
-
-
-SUPPORTED_TASK_TYPES = tuple(t.value for t in (TaskType.CAUSAL_LM, TaskType.SEQ_CLS, TaskType.SEQ_2_SEQ_LM,
-                                                TaskType.TOKEN_CLS, TaskType.FEATURE_EXTRACTION))
 
 
 class PeftType(str, enum.Enum):
@@ -55,7 +48,7 @@ class PromptLearningConfig:
     config is attached to it; you normally leave them at None.
     """
 
-    peft_type: ClassVar[PeftType]
+    peft_type: ClassVar[PeftType | str]  # a PeftType member, or the string a method registered outside PeftType
     default_learning_rate: ClassVar[float] = 3e-2  # what training uses unless told otherwise
 
     task_type: str | None = TaskType.CAUSAL_LM
@@ -89,17 +82,15 @@ class PromptLearningConfig:
     from a linear probe. `softprompt train` does it; in a loop of your own (or the HF Trainer) call
     `model.fit_head_on(batches)` first. Training only; saved (when not "model") as a record of the recipe."""
 
-    SOFTPROMPT_FIELDS: ClassVar[dict[str, Any]] = {"pooling": "cls", "head_init": "model"}  # omitted from the JSON at these values
+    SOFTPROMPT_FIELDS: ClassVar[dict[str, Any]] = {
+        "pooling": "cls",
+        "head_init": "model",
+    }  # omitted from the JSON at these values
 
     def __post_init__(self) -> None:
         self.task_type = _plain(self.task_type)
-        if self.task_type not in (None, *SUPPORTED_TASK_TYPES):
-            raise ConfigError(
-                f"task_type={self.task_type!r} is not supported yet: softprompt wraps causal language models "
-                "(task_type='CAUSAL_LM'), models with a sequence or token classification head (task_type='SEQ_CLS', "
-                "'TOKEN_CLS'), encoder-decoder models (task_type='SEQ_2_SEQ_LM') and feature extractors "
-                "(task_type='FEATURE_EXTRACTION')."
-            )
+        if self.task_type is not None:
+            self.task_type = registry.task_type(self.task_type).name  # a ConfigError lists the registered ones
         if not isinstance(self.num_virtual_tokens, int) or isinstance(self.num_virtual_tokens, bool):
             raise ConfigError(
                 f"num_virtual_tokens must be a positive integer, got {self.num_virtual_tokens!r}. "
@@ -117,7 +108,9 @@ class PromptLearningConfig:
                 raise ConfigError(f"{name}={getattr(self, name)!r} is unknown. Use one of {', '.join(choices)}.")
             setattr(self, name, value)
             if value != self.SOFTPROMPT_FIELDS[name] and self.task_type != TaskType.SEQ_CLS.value:
-                raise ConfigError(f"{name}={value!r} is for sequence classification: set task_type='SEQ_CLS', or leave {name} out.")
+                raise ConfigError(
+                    f"{name}={value!r} is for sequence classification: set task_type='SEQ_CLS', or leave {name} out."
+                )
 
     def fill_model_fields(self, shape) -> None:
         """Set the model-shape fields from the base model (as PEFT does when it wraps a model)."""
@@ -132,35 +125,29 @@ class PromptLearningConfig:
         for name, default in self.SOFTPROMPT_FIELDS.items():  # PEFT's JSON exactly, unless asked for more
             if data.get(name) == default:
                 del data[name]
-        data["peft_type"] = self.peft_type.value
+        data["peft_type"] = _plain(self.peft_type)
         return data
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        from .adapters import atomic_write_bytes
-
         text = json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
-        atomic_write_bytes(os.path.join(directory, CONFIG_NAME), text.encode())
+        adapter_io.atomic_write_bytes(os.path.join(directory, adapter_io.CONFIG_NAME), text.encode())
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PromptLearningConfig":
+    def from_dict(cls, data: dict[str, Any]) -> PromptLearningConfig:
         """Build the right method's config from a dict (e.g. a PEFT adapter_config.json)."""
-        from .methods import config_class_for
-
-        target = cls if cls is not PromptLearningConfig else config_class_for(data.get("peft_type"))
+        target = cls if cls is not PromptLearningConfig else registry.method(data.get("peft_type")).config_class
         known = {f.name for f in dataclasses.fields(target)}
         unknown = sorted(set(data) - known - {"peft_type"})
         # PEFT adds bookkeeping fields across versions (peft_version, ...): ignore them, say which.
         ignorable = {"peft_version", "layers_to_transform", "layers_pattern", "target_modules"}
         if set(unknown) - ignorable:
-            warnings.warn(f"Ignoring unknown adapter config fields: {sorted(set(unknown) - ignorable)}")
+            warnings.warn(f"Ignoring unknown adapter config fields: {sorted(set(unknown) - ignorable)}", stacklevel=2)
         return target(**{k: v for k, v in data.items() if k in known})
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, **hub_kwargs) -> "PromptLearningConfig":
+    def from_pretrained(cls, path: str | os.PathLike, **hub_kwargs) -> PromptLearningConfig:
         """Read adapter_config.json from an adapter folder or a hub repo."""
-        from .adapters import read_adapter_config
-
-        return cls.from_dict(read_adapter_config(path, **hub_kwargs))
+        return cls.from_dict(adapter_io.read_adapter_config(path, **hub_kwargs))
 
     @property
     def is_prompt_learning(self) -> bool:

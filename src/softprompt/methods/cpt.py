@@ -18,8 +18,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .. import registry
 from ..config import ConfigError, PeftType, PromptLearningConfig, TaskType
-from ..inject import EmbeddingPrefix, ModelShape
+from .base import InjectionKind, ModelShape, PromptSource
 
 
 @dataclass
@@ -46,7 +47,9 @@ class CPTConfig(PromptLearningConfig):
 
     def __post_init__(self) -> None:
         if not self.cpt_token_ids:
-            raise ConfigError("CPT needs cpt_token_ids: the token ids of a few in-context examples (template, input, label).")
+            raise ConfigError(
+                "CPT needs cpt_token_ids: the token ids of a few in-context examples (template, input, label)."
+            )
         self.num_virtual_tokens = len(self.cpt_token_ids)
         self.cpt_mask = list(self.cpt_mask or [1] * len(self.cpt_token_ids))
         self.cpt_tokens_type_mask = list(self.cpt_tokens_type_mask or [1] * len(self.cpt_token_ids))
@@ -62,11 +65,13 @@ class CPTConfig(PromptLearningConfig):
             raise ConfigError("CPT supports task_type='CAUSAL_LM' only (as PEFT).")
 
 
-class CPTEmbedding(nn.Module):
+class CPTEmbedding(PromptSource):
     """The examples' token embeddings (frozen) + a bounded delta on template and input tokens -> [P, H]."""
 
-    injection = EmbeddingPrefix
+    injection = InjectionKind.EMBEDDINGS
+    has_own_loss = True
     prompt_logits = "all"  # the loss reads the prompt's own predictions (the examples' labels)
+    loss_inputs = ("input_type_mask",)
 
     def __init__(self, config: CPTConfig, shape: ModelShape, base_model: nn.Module):
         super().__init__()
@@ -81,7 +86,9 @@ class CPTEmbedding(nn.Module):
         self.delta_embedding = nn.Embedding(count, width)
         nn.init.zeros_(self.delta_embedding.weight)
         types = torch.tensor(config.cpt_tokens_type_mask)
-        self.register_buffer("trainable_rows", torch.isin(types % 4, torch.tensor([1, 2, 3])).float()[:, None], persistent=False)
+        self.register_buffer(
+            "trainable_rows", torch.isin(types % 4, torch.tensor([1, 2, 3])).float()[:, None], persistent=False
+        )
         scale = (width / 2048) ** 0.5
         epsilon = torch.full((count,), 1e-10)
         epsilon[(types > 0) & (types % 4 != 2) & (types % 4 != 0)] = config.opt_projection_format_epsilon * scale
@@ -101,14 +108,18 @@ class CPTEmbedding(nn.Module):
         if outside.any():
             delta[outside] *= (self.epsilon[outside] / norms[outside])[:, None]
 
-    def forward(self) -> torch.Tensor:
+    def forward(self, task: int = 0) -> torch.Tensor:
         self.project()
         # the labels' deltas take no gradient (they stay as they are); masked here rather than by a tensor hook,
         # which a deepcopy of the model would lose
-        delta = torch.where(self.trainable_rows.bool(), self.delta_embedding.weight, self.delta_embedding.weight.detach())
+        delta = torch.where(
+            self.trainable_rows.bool(), self.delta_embedding.weight, self.delta_embedding.weight.detach()
+        )
         return self.embedding.weight + delta  # [P, H]
 
-    def loss(self, prompt_logits: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, input_type_mask=None) -> torch.Tensor:
+    def loss(
+        self, prompt_logits: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, input_type_mask=None
+    ) -> torch.Tensor:
         """PEFT's CPT loss without repeating the prompt per row: next-token cross-entropy over the examples'
         labels inside the prompt and the inputs' labels, weighted by example ("decay"), averaged.
 
@@ -121,17 +132,23 @@ class CPTEmbedding(nn.Module):
         prompt_labels = torch.tensor(config.cpt_token_ids, device=device)
         prompt_labels = torch.where((types > 0) & (types % 4 == 0), prompt_labels, -100)
         input_types = torch.full_like(labels, 4) if input_type_mask is None else input_type_mask.to(device).long()
-        input_types = torch.where(input_types > 0, input_types + types.max(), input_types)  # after the prompt's examples
+        input_types = torch.where(
+            input_types > 0, input_types + types.max(), input_types
+        )  # after the prompt's examples
         labels = torch.where((input_types > 0) & (input_types % 4 == 0), labels, -100)
         # Predictions of the concatenated sequence [prompt][input], shifted by one: [B, P+L-1]
-        prompt_ce = F.cross_entropy(prompt_logits[0, :-1].float(), prompt_labels[1:], reduction="none", ignore_index=-100)  # [P-1]
+        prompt_ce = F.cross_entropy(
+            prompt_logits[0, :-1].float(), prompt_labels[1:], reduction="none", ignore_index=-100
+        )  # [P-1]
         known = logits.shape[1]  # input positions with logits: the last `known`
         input_ce = torch.zeros(batch, length, device=device)  # [B, L]: the loss on input token j (j >= 1)
         input_ce[:, length - known + 1 :] = F.cross_entropy(
             logits[:, :-1].float().transpose(1, 2), labels[:, length - known + 1 :], reduction="none", ignore_index=-100
         )
         if known == length:  # the last virtual position predicts the first input token
-            input_ce[:, 0] = F.cross_entropy(prompt_logits[0, -1:].float().expand(batch, -1), labels[:, 0], reduction="none", ignore_index=-100)
+            input_ce[:, 0] = F.cross_entropy(
+                prompt_logits[0, -1:].float().expand(batch, -1), labels[:, 0], reduction="none", ignore_index=-100
+            )
         elif (labels[:, : length - known + 1] != -100).any():
             raise ValueError("CPT: some labels lie before the positions logits_to_keep computes; raise logits_to_keep.")
         ce = torch.cat([prompt_ce.expand(batch, -1), input_ce], dim=1)  # [B, P-1+L]
@@ -145,3 +162,6 @@ class CPTEmbedding(nn.Module):
                 for rank, group in enumerate(torch.flip(groups, [0])):
                     weights[row][shifted_types[row] == group] = config.opt_loss_decay_factor**rank
         return (ce[valid] * weights[valid]).mean()
+
+
+registry.register_method(PeftType.CPT, CPTConfig, CPTEmbedding, aliases=("cpt",))

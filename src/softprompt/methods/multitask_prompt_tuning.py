@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from .. import adapter_io, registry
 from ..config import ConfigError, PeftType, PromptLearningConfig, enum_choice, positive_int_or_none
-from ..inject import ModelShape
+from ..errors import AdapterError
+from .base import ModelShape
 from .prompt_tuning import PromptEmbedding, PromptTuningConfig
 
 SOURCE_INITS = ("AVERAGE_SOURCE_TASKS", "EXACT_SOURCE_TASK", "ONLY_SOURCE_SHARED")
@@ -65,6 +68,8 @@ class MultitaskPromptEmbedding(PromptEmbedding):
     """shared [P, H], prefix_task_cols [T, P, r], prefix_task_rows [T, r, H] -> task t's table [P, H]
     (P = 2 * num_virtual_tokens on an encoder-decoder: the encoder's rows, then the decoder's)."""
 
+    collapses = False  # the table depends on the task: the file holds the shared table and every task's factors
+
     def __init__(self, config: MultitaskPromptTuningConfig, shape: ModelShape, base_model: nn.Module):
         # On an encoder-decoder, PEFT's table has 2P rows: P before the encoder's input, P before the decoder's.
         virtual = config.num_virtual_tokens * (2 if shape.encoder_decoder else 1)
@@ -80,11 +85,14 @@ class MultitaskPromptEmbedding(PromptEmbedding):
         return self.prefix_task_cols.shape[0]
 
     def load_source(self, config: MultitaskPromptTuningConfig) -> None:
-        from ..adapters import AdapterError, read_tensors, WEIGHTS_NAME
-        from pathlib import Path
-
         path = Path(config.prompt_tuning_init_state_dict_path)
-        source = read_tensors(path / WEIGHTS_NAME if path.is_dir() else path)
+        if not path.exists():
+            raise AdapterError(
+                f"prompt_tuning_init_state_dict_path: the source adapter {path} does not exist. Train the source "
+                "tasks first "
+                "(configs/transfer/mpt_source.yaml), or point to its adapter folder."
+            )
+        source = adapter_io.read_tensors(path / adapter_io.WEIGHTS_NAME if path.is_dir() else path)
         missing = {"prompt_embeddings", "prefix_task_cols", "prefix_task_rows"} - set(source)
         if missing:
             raise AdapterError(f"{path} is not a multitask prompt tuning adapter: it lacks {sorted(missing)}.")
@@ -92,14 +100,19 @@ class MultitaskPromptEmbedding(PromptEmbedding):
         if config.prompt_tuning_init == "EXACT_SOURCE_TASK":
             task = config.prompt_tuning_init_task or 0
             if not 0 <= task < cols.shape[0]:
-                raise ConfigError(f"prompt_tuning_init_task={task}, but the source adapter has {cols.shape[0]} tasks (0..{cols.shape[0] - 1}).")
+                raise ConfigError(
+                    f"prompt_tuning_init_task={task}, but the source adapter has {cols.shape[0]} tasks "
+                    f"(0..{cols.shape[0] - 1})."
+                )
             cols, rows = cols[task : task + 1], rows[task : task + 1]
         else:
             cols, rows = cols.mean(0, keepdim=True), rows.mean(0, keepdim=True)
         state = {"embedding.weight": source["prompt_embeddings"]}
         if config.prompt_tuning_init != "ONLY_SOURCE_SHARED":  # every target task starts from the source factors
-            state.update(prefix_task_cols=cols.expand_as(self.prefix_task_cols).clone(),
-                         prefix_task_rows=rows.expand_as(self.prefix_task_rows).clone())
+            state.update(
+                prefix_task_cols=cols.expand_as(self.prefix_task_cols).clone(),
+                prefix_task_rows=rows.expand_as(self.prefix_task_rows).clone(),
+            )
         try:
             self.load_state_dict(state, strict=False)
         except RuntimeError as error:
@@ -110,13 +123,31 @@ class MultitaskPromptEmbedding(PromptEmbedding):
         return self.embedding.weight * correction  # [P, H]
 
     def adapter_tensors(self) -> dict[str, torch.Tensor]:
-        """What the adapter file holds (PEFT's names): the table depends on the task, so nothing collapses."""
-        return {"prompt_embeddings": self.embedding.weight, "prefix_task_cols": self.prefix_task_cols,
-                "prefix_task_rows": self.prefix_task_rows}
+        """What the adapter file holds (PEFT's names)."""
+        return {
+            "prompt_embeddings": self.embedding.weight,
+            "prefix_task_cols": self.prefix_task_cols,
+            "prefix_task_rows": self.prefix_task_rows,
+        }
 
     @classmethod
-    def from_adapter_tensors(cls, config, shape: ModelShape, tensors: dict[str, torch.Tensor]) -> "MultitaskPromptEmbedding":
+    def from_adapter_tensors(
+        cls, config, shape: ModelShape, tensors: dict[str, torch.Tensor]
+    ) -> MultitaskPromptEmbedding:
         source = cls(config, shape, None)
-        source.load_state_dict({"embedding.weight": tensors["prompt_embeddings"], "prefix_task_cols": tensors["prefix_task_cols"],
-                                "prefix_task_rows": tensors["prefix_task_rows"]})
+        source.load_state_dict(
+            {
+                "embedding.weight": tensors["prompt_embeddings"],
+                "prefix_task_cols": tensors["prefix_task_cols"],
+                "prefix_task_rows": tensors["prefix_task_rows"],
+            }
+        )
         return source
+
+
+registry.register_method(
+    PeftType.MULTITASK_PROMPT_TUNING,
+    MultitaskPromptTuningConfig,
+    MultitaskPromptEmbedding,
+    aliases=("multitask_prompt_tuning", "mpt"),
+)

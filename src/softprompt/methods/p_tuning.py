@@ -8,8 +8,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .. import registry
 from ..config import ConfigError, PeftType, PromptLearningConfig, enum_choice, positive_int_or_none
-from ..inject import EmbeddingPrefix, ModelShape
+from .base import InjectionKind, ModelShape, PromptSource
 
 
 class PromptEncoderReparameterizationType(str, enum.Enum):
@@ -46,10 +47,10 @@ class PromptEncoderConfig(PromptLearningConfig):
             self.encoder_hidden_size = shape.hidden_size
 
 
-class PromptEncoder(nn.Module):
+class PromptEncoder(PromptSource):
     """table [P, H] -> encoder -> virtual embeddings [P, H]. Parameter names follow PEFT's PromptEncoder."""
 
-    injection = EmbeddingPrefix
+    injection = InjectionKind.EMBEDDINGS
 
     def __init__(self, config: PromptEncoderConfig, shape: ModelShape, base_model: nn.Module):
         super().__init__()
@@ -71,8 +72,11 @@ class PromptEncoder(nn.Module):
                 nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, width)
             )
 
-    def forward(self) -> torch.Tensor:
+    def forward(self, task: int = 0) -> torch.Tensor:
         table = self.embedding.weight  # [P, H]
         if self.lstm_head is not None:
             table = self.lstm_head(table.unsqueeze(0))[0].squeeze(0)  # [P, 2*hidden]
         return self.mlp_head(table)  # [P, H]
+
+
+registry.register_method(PeftType.P_TUNING, PromptEncoderConfig, PromptEncoder, aliases=("p_tuning", "ptuning"))

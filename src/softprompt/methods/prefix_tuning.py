@@ -8,8 +8,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from .. import compat, registry
 from ..config import ConfigError, PeftType, PromptLearningConfig, positive_int_or_none
-from ..inject import KVPrefix, ModelShape
+from .base import InjectionKind, ModelShape, PromptSource, init_text_ids
 
 
 @dataclass
@@ -39,7 +40,10 @@ class PrefixTuningConfig(PromptLearningConfig):
     """Tokenizer for prefix_init_text; defaults to the base model's."""
 
     SOFTPROMPT_FIELDS: ClassVar[dict[str, Any]] = {
-        **PromptLearningConfig.SOFTPROMPT_FIELDS, "encoder_prefix": False, "prefix_init_text": None, "tokenizer_name_or_path": None,
+        **PromptLearningConfig.SOFTPROMPT_FIELDS,
+        "encoder_prefix": False,
+        "prefix_init_text": None,
+        "tokenizer_name_or_path": None,
     }
 
     def __post_init__(self) -> None:
@@ -49,11 +53,19 @@ class PrefixTuningConfig(PromptLearningConfig):
             raise ConfigError(f"init_weights must be None or 'zero', got {self.init_weights!r}.")
         if self.prefix_init_text is not None:
             if not self.prefix_init_text.strip():
-                raise ConfigError("prefix_init_text is empty: give a task description, e.g. 'Is this tweet a complaint?', or leave it out.")
+                raise ConfigError(
+                    "prefix_init_text is empty: give a task description, e.g. 'Is this tweet a complaint?', or leave "
+                    "it out."
+                )
             if self.prefix_projection or self.init_weights is not None:
-                raise ConfigError("prefix_init_text sets the prefix table itself: use it with prefix_projection=False and no init_weights.")
+                raise ConfigError(
+                    "prefix_init_text sets the prefix table itself: use it with prefix_projection=False and no "
+                    "init_weights."
+                )
         if self.encoder_prefix and self.task_type != "SEQ_2_SEQ_LM":
-            raise ConfigError("encoder_prefix=True is for encoder-decoder models: set task_type='SEQ_2_SEQ_LM', or leave it out.")
+            raise ConfigError(
+                "encoder_prefix=True is for encoder-decoder models: set task_type='SEQ_2_SEQ_LM', or leave it out."
+            )
 
     def prefix_layers(self, shape: ModelShape) -> int:
         """How many layers' key/value slots the table holds."""
@@ -68,10 +80,10 @@ class PrefixTuningConfig(PromptLearningConfig):
             self.encoder_hidden_size = shape.kv_width
 
 
-class PrefixEncoder(nn.Module):
+class PrefixEncoder(PromptSource):
     """-> table [P, num_layers * 2 * kv_heads * head_dim]. Parameter names follow PEFT's PrefixEncoder."""
 
-    injection = KVPrefix
+    injection = InjectionKind.KV_PREFIX
 
     def __init__(self, config: PrefixTuningConfig, shape: ModelShape, base_model: nn.Module):
         super().__init__()
@@ -92,7 +104,7 @@ class PrefixEncoder(nn.Module):
             with torch.no_grad():
                 self.embedding.weight.copy_(text_prefix_table(config, shape, base_model))
 
-    def forward(self) -> torch.Tensor:
+    def forward(self, task: int = 0) -> torch.Tensor:
         table = self.embedding.weight  # [P, kv_width] or [P, L*2*kv_width]
         return table if self.transform is None else self.transform(table)
 
@@ -105,24 +117,31 @@ def text_prefix_table(config: PrefixTuningConfig, shape: ModelShape, base_model:
     A prefix is read as the cache of P earlier tokens, so at the start the model sees exactly the text before
     each input.
     """
-    from ..compat import layer_states, output_cache
-    from .prompt_tuning import init_text_ids
-
     if shape.bidirectional or shape.encoder_decoder:
-        raise ConfigError("prefix_init_text needs a decoder-only model (its keys and values are read off its cache); "
-                          "leave it out for encoders and encoder-decoders.")
+        raise ConfigError(
+            "prefix_init_text needs a decoder-only model (its keys and values are read off its cache); "
+            "leave it out for encoders and encoder-decoders."
+        )
     count = config.num_virtual_tokens
     token_ids = init_text_ids(config, base_model, count, field="prefix_init_text")
     device = base_model.get_input_embeddings().weight.device
     was_training = base_model.training
     base_model.eval()
-    cache = output_cache(base_model(input_ids=torch.tensor([token_ids], device=device), use_cache=True))
+    cache = compat.output_cache(base_model(input_ids=torch.tensor([token_ids], device=device), use_cache=True))
     base_model.train(was_training)
     if cache is None:
-        raise ConfigError(f"prefix_init_text: {type(base_model).__name__} returns no cache to read keys and values from; leave it out.")
-    layers = layer_states(cache)  # per layer (K, V), each [1, kv_heads, P, head_dim]
+        raise ConfigError(
+            f"prefix_init_text: {type(base_model).__name__} returns no cache to read keys and values from; "
+            "leave it out."
+        )
+    layers = compat.layer_states(cache)  # per layer (K, V), each [1, kv_heads, P, head_dim]
     states = torch.stack([state[0] for layer in layers for state in layer])  # [2L, kv_heads, P, head_dim]
     if states.shape != (2 * shape.num_layers, shape.num_kv_heads, count, shape.head_dim):  # e.g. a sliding window
-        raise ConfigError(f"prefix_init_text: {type(base_model).__name__}'s cache holds keys/values of shape "
-                          f"{tuple(states.shape)}, not one [kv_heads, P, head_dim] per layer; leave the option out.")
+        raise ConfigError(
+            f"prefix_init_text: {type(base_model).__name__}'s cache holds keys/values of shape "
+            f"{tuple(states.shape)}, not one [kv_heads, P, head_dim] per layer; leave the option out."
+        )
     return states.permute(2, 0, 1, 3).reshape(count, -1).float()  # [P, 2L * kv_width]
+
+
+registry.register_method(PeftType.PREFIX_TUNING, PrefixTuningConfig, PrefixEncoder, aliases=("prefix_tuning",))

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .. import registry
 from ..config import ConfigError, PeftType, PromptLearningConfig, enum_choice
-from ..inject import EmbeddingPrefix, ModelShape
+from .base import InjectionKind, ModelShape, PromptSource, init_text_ids
 
 
 class PromptTuningInit(str, enum.Enum):
@@ -41,7 +42,6 @@ class PromptTuningConfig(PromptLearningConfig):
                 "prompt_tuning_init_text='Classify if the tweet is a complaint or not:'."
             )
 
-
     def fill_model_fields(self, shape) -> None:
         super().fill_model_fields(shape)
         if self.prompt_tuning_init == "TEXT" and self.tokenizer_name_or_path is None:
@@ -49,12 +49,14 @@ class PromptTuningConfig(PromptLearningConfig):
             self.tokenizer_name_or_path = self.base_model_name_or_path
 
 
-class PromptEmbedding(nn.Module):
+class PromptEmbedding(PromptSource):
     """The prompt is the table itself: [P, hidden]."""
 
-    injection = EmbeddingPrefix
+    injection = InjectionKind.EMBEDDINGS
 
-    def __init__(self, config: PromptTuningConfig, shape: ModelShape, base_model: nn.Module, num_virtual: int | None = None):
+    def __init__(
+        self, config: PromptTuningConfig, shape: ModelShape, base_model: nn.Module, num_virtual: int | None = None
+    ):
         super().__init__()
         num_virtual = num_virtual or config.num_virtual_tokens  # rows of the table
         self.embedding = nn.Embedding(num_virtual, shape.hidden_size)
@@ -71,20 +73,8 @@ class PromptEmbedding(nn.Module):
             else:
                 self.embedding.weight.normal_(vocab.mean().item(), vocab.std().item())
 
-    def forward(self) -> torch.Tensor:
+    def forward(self, task: int = 0) -> torch.Tensor:
         return self.embedding.weight  # [P, H]
 
 
-def init_text_ids(config, base_model: nn.Module, count: int, field: str = "prompt_tuning_init_text") -> list[int]:
-    """The token ids of the config's init text (its field `field`), read with its tokenizer or the base model's,
-    repeated or cut to `count`."""
-    from ..models import load_tokenizer
-
-    name = config.tokenizer_name_or_path or config.base_model_name_or_path or base_model.name_or_path
-    if not name:  # a model built from a config names no folder or hub id
-        raise ConfigError(f"{field} needs a tokenizer and the base model names none: set tokenizer_name_or_path.")
-    tokenizer = load_tokenizer(name, **(getattr(config, "tokenizer_kwargs", None) or {}))
-    token_ids = tokenizer(getattr(config, field), add_special_tokens=False)["input_ids"]
-    if not token_ids:
-        raise ConfigError(f"{field}={getattr(config, field)!r} gives no tokens.")
-    return (token_ids * -(-count // len(token_ids)))[:count]  # ceil(count / tokens) copies, cut to count
+registry.register_method(PeftType.PROMPT_TUNING, PromptTuningConfig, PromptEmbedding, aliases=("prompt_tuning",))
