@@ -1,5 +1,7 @@
 """Label scoring equals a one-row-at-a-time reference; metrics match hand counts; generated text maps to labels."""
 
+import random
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -74,6 +76,32 @@ def test_metrics_match_hand_counts():
     fa, fb = 2 * pa * ra / (pa + ra), 2 * pb * rb / (pb + rb)
     assert m["per_class"]["a"]["precision"] == pytest.approx(pa) and m["per_class"]["a"]["recall"] == pytest.approx(ra)
     assert m["macro_f1"] == pytest.approx((fa + fb) / 2)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_metrics_equal_scikit_learns_on_random_labels(seed):
+    """Random gold and predictions over 6 classes, some absent from both, some from one; unmatched predictions."""
+    from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
+
+    rng = random.Random(seed)
+    classes = 6
+    used = rng.sample(range(classes), rng.randint(1, classes))  # the others occur nowhere
+    gold = [rng.choice(used) for _ in range(rng.randint(1, 40))]
+    predicted = [rng.choice(used + [-1]) if rng.random() < 0.3 else g for g in gold]
+    m = classification_metrics(gold, predicted, [f"c{i}" for i in range(classes)])
+    occurring = sorted(set(gold) | {p for p in predicted if p >= 0})
+    assert m["accuracy"] == pytest.approx(accuracy_score(gold, predicted))
+    assert m["macro_f1"] == pytest.approx(f1_score(gold, predicted, labels=occurring, average="macro", zero_division=0))
+    if -1 not in predicted:  # then scikit-learn's default labels are exactly the occurring classes
+        assert m["macro_f1"] == pytest.approx(f1_score(gold, predicted, average="macro", zero_division=0))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        gold, predicted, labels=list(range(classes)), zero_division=0
+    )
+    for c in range(classes):
+        got = m["per_class"][f"c{c}"]
+        assert (got["precision"], got["recall"], got["f1"], got["support"]) == pytest.approx(
+            (precision[c], recall[c], f1[c], support[c])
+        )
 
 
 def test_eval_loss_from_label_scores_equals_the_teacher_forced_loss(setup):

@@ -157,39 +157,57 @@ def run_epoch(run: Run, epoch: int) -> float:
     loader = torch.utils.data.DataLoader(
         rows, batch_sampler=order, collate_fn=lambda batch: run.behaviour.collate(batch, run.pad_id)
     )
-    loader = accelerator.prepare_data_loader(loader)
+    try:
+        return fit_epoch(
+            model, loader, run.behaviour.loss, run.behaviour.weight, run.optimizer, run.scheduler, accelerator,
+            config.max_grad_norm, f"epoch {epoch + 1}/{config.epochs}", config.progress,
+        )  # fmt: skip
+    except NonFiniteLoss as error:
+        last = run.start_epoch if not run.history else run.history[-1]["epoch"]
+        raise TrainingDiverged(
+            f"The loss became {error.value} in epoch {epoch + 1}, batch {error.step}. The last good checkpoint "
+            f"({run.out / 'checkpoint'}, epoch {last}) is intact. Lower lr (or raise warmup_ratio), then "
+            "rerun with --resume."
+        ) from None
+
+
+class NonFiniteLoss(ArithmeticError):
+    def __init__(self, step: int, value: float):
+        super().__init__(f"the loss became {value} at batch {step}")
+        self.step, self.value = step, value
+
+
+def fit_epoch(
+    model, batches, loss_fn, weight_fn, optimizer, scheduler, accelerator, max_grad_norm: float = 1.0,
+    description: str = "", progress: bool = True,
+) -> float:  # fmt: skip
+    """One pass of optimizer steps over `batches` (dicts of tensors), with gradient accumulation and clipping as
+    `accelerator` is set up: `loss_fn(model, batch)` gives the batch's mean loss, `weight_fn(batch)` what it
+    averages over (label tokens, rows). Returns the epoch's weighted mean loss; a NaN/inf loss raises
+    NonFiniteLoss before any step is taken with it. Any model trains here (the benchmarks run PEFT's in it)."""
+    batches = accelerator.prepare_data_loader(batches)
     model.train()
     loss_sum = torch.zeros((), device=accelerator.device)
-    token_count = torch.zeros((), device=accelerator.device)
-    progress = tqdm(
-        loader,
-        desc=f"epoch {epoch + 1}/{config.epochs}",
-        disable=not (config.progress and accelerator.is_main_process),
-        leave=False,
-    )
-    for step, batch in enumerate(progress):
+    weight_sum = torch.zeros((), device=accelerator.device)
+    shown = tqdm(batches, desc=description, disable=not (progress and accelerator.is_main_process), leave=False)
+    for step, batch in enumerate(shown):
         with accelerator.accumulate(model):
-            loss = run.behaviour.loss(model, batch)
+            loss = loss_fn(model, batch)
             if not torch.isfinite(loss):
-                last = run.start_epoch if not run.history else run.history[-1]["epoch"]
-                raise TrainingDiverged(
-                    f"The loss became {loss.item()} in epoch {epoch + 1}, batch {step + 1}. The last good checkpoint "
-                    f"({run.out / 'checkpoint'}, epoch {last}) is intact. Lower lr (or raise warmup_ratio), then "
-                    "rerun with --resume."
-                )
+                raise NonFiniteLoss(step + 1, loss.item())
             accelerator.backward(loss)
-            if accelerator.sync_gradients and config.max_grad_norm:
-                accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            run.optimizer.step()  # a no-op while accumulating
+            if accelerator.sync_gradients and max_grad_norm:
+                accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+            optimizer.step()  # a no-op while accumulating
             if accelerator.sync_gradients:
-                run.scheduler.step()
-            run.optimizer.zero_grad()
-        tokens = run.behaviour.weight(batch)
-        loss_sum += loss.detach() * tokens
-        token_count += tokens
-        progress.set_postfix(loss=f"{loss.item():.3f}")
-    loss_sum, token_count = accelerator.reduce(loss_sum), accelerator.reduce(token_count)
-    return (loss_sum / token_count).item()
+                scheduler.step()
+            optimizer.zero_grad()
+        weight = weight_fn(batch)
+        loss_sum += loss.detach() * weight
+        weight_sum += weight
+        shown.set_postfix(loss=f"{loss.item():.3f}")
+    loss_sum, weight_sum = accelerator.reduce(loss_sum), accelerator.reduce(weight_sum)
+    return (loss_sum / weight_sum).item()
 
 
 def finish_epoch(run: Run, epoch: int, train_loss: float, started: float) -> None:
