@@ -151,7 +151,7 @@ def test_cli_push_uploads_the_adapter_with_its_task_in_one_commit(trained_run, t
     import huggingface_hub
 
     adapter = trained_run / "run" / "adapter"
-    calls = []
+    calls, cards = [], []
 
     class FakeApi:  # records what would reach the Hub
         def __init__(self, token=None):
@@ -162,6 +162,7 @@ def test_cli_push_uploads_the_adapter_with_its_task_in_one_commit(trained_run, t
 
         def upload_folder(self, repo_id, folder_path, commit_message):
             calls.append(("upload", repo_id, sorted(os.listdir(folder_path))))
+            cards.append((Path(folder_path) / "README.md").read_text())
             return "https://huggingface.co/me/tweets/commit/abc"
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
@@ -169,9 +170,11 @@ def test_cli_push_uploads_the_adapter_with_its_task_in_one_commit(trained_run, t
     assert calls == [
         ("token", "hf_x"),
         ("create", "me/tweets", True, True),
-        ("upload", "me/tweets", ["adapter_config.json", "adapter_model.safetensors", "task.json"]),
+        ("upload", "me/tweets", ["README.md", "adapter_config.json", "adapter_model.safetensors", "task.json"]),
     ]
     assert "softprompt predict me/tweets" in capsys.readouterr().out
+    assert 'Predictor.from_pretrained("me/tweets")' in cards[0] and "PATH_OR_HUB_ID" not in cards[0]  # names the repo
+    assert "PATH_OR_HUB_ID" in (adapter / "README.md").read_text()  # the local folder is left as it was
 
     damaged = tmp_path / "damaged"
     shutil.copytree(adapter, damaged)

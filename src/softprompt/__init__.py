@@ -13,8 +13,6 @@ The package, bottom to top (imports run downward only; .importlinter holds the c
     serving      the HTTP server's routers;  cli  the command line
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
 from .base_models import DEFAULT_MODEL, load_base_model, load_tokenizer
 from .config import PeftConfig, PeftType, PromptLearningConfig, TaskType, get_peft_config
 from .core import AutoPeftModel, PeftModel, get_peft_model
@@ -46,11 +44,7 @@ from .task_types import (
     TaskBehaviour,
 )
 from .training import TrainConfig, train
-
-try:
-    __version__ = version("softprompt")  # the one place it is written is pyproject.toml
-except PackageNotFoundError:  # pragma: no cover - a source tree that was never installed
-    __version__ = "0+unknown"
+from .version import __version__
 
 
 def __getattr__(name: str):
@@ -100,6 +94,7 @@ __all__ = [
     "Trainer",
     "TrainingDiverged",
     "UnknownAdapterError",
+    "__version__",
     "get_peft_config",
     "get_peft_model",
     "load_base_model",

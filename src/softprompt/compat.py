@@ -376,3 +376,15 @@ def prefix_attention_context(call: PrefixCall):
         yield call
     finally:
         _ACTIVE_PREFIX.reset(token)
+
+
+def accelerator_for(**settings):
+    """An accelerate.Accelerator with these settings, also when an earlier run in this process made one with others
+    (accelerate keeps its settings in a process-wide singleton and refuses a second mixed_precision)."""
+    from accelerate import Accelerator  # imported here: a second to import, and only training needs it
+    from accelerate.state import AcceleratorState
+
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision", settings.get("mixed_precision")) != settings.get("mixed_precision"):
+        AcceleratorState._reset_state()  # the distributed setup (PartialState) stays as it is
+    return Accelerator(**settings)

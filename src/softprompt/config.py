@@ -86,6 +86,7 @@ class PromptLearningConfig:
         "pooling": "cls",
         "head_init": "model",
     }  # omitted from the JSON at these values
+    PEFT_MISREADS: ClassVar[tuple[str, ...]] = ("pooling",)  # softprompt fields PEFT would drop and run otherwise
 
     def __post_init__(self) -> None:
         self.task_type = _plain(self.task_type)
@@ -152,6 +153,16 @@ class PromptLearningConfig:
     @property
     def is_prompt_learning(self) -> bool:
         return True
+
+    def peft_reads_it(self) -> str | None:
+        """None when PEFT loads this adapter and runs what softprompt runs; else why not."""
+        if _plain(self.peft_type) not in PeftType.__members__:
+            return f"PEFT has no method {_plain(self.peft_type)}"
+        changed = [name for name in self.PEFT_MISREADS if getattr(self, name) != self.SOFTPROMPT_FIELDS[name]]
+        if changed:
+            fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in changed)
+            return f"it uses softprompt's {fields}, which PEFT drops"
+        return None
 
 
 PeftConfig = PromptLearningConfig

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from importlib.metadata import PackageNotFoundError, version
 
 from ..errors import USER_ERRORS
+from ..version import __version__
 from . import adapters, demo, predict, serve, train
 from .options import dashed
 
@@ -19,18 +19,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="softprompt",
         description="Prompt tuning, p-tuning, prefix tuning and their kin for frozen transformer models.",
     )
-    parser.add_argument("--version", action="version", version=f"softprompt {package_version()}")
+    parser.add_argument("--version", action="version", version=f"softprompt {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     for module in COMMANDS:
         module.add_commands(commands)
     return parser
-
-
-def package_version() -> str:
-    try:
-        return version("softprompt")
-    except PackageNotFoundError:  # pragma: no cover - a source tree that was never installed
-        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 from ..adapter_io import read_adapter_config, read_adapter_table, upload_folder
+from ..core.model_card import CARD_NAME, card_for_upload
 from ..data import TASK_NAME, read_task
 from .options import HelpFormatter, option
 
@@ -63,6 +66,12 @@ def command_push(args, extra) -> int:
             f"{folder} is not a folder: pass the adapter folder softprompt train wrote (OUTPUT_DIR/adapter)."
         )
     read_adapter_config(folder), read_adapter_table(folder), read_task(folder)  # refuse a damaged or partial adapter
-    url = upload_folder(folder, args.repo_id, private=args.private or None, token=args.token)
+    card = card_for_upload(folder, args.repo_id)  # the model card names the repo
+    with tempfile.TemporaryDirectory() as staging:
+        copy = Path(staging) / folder.name
+        shutil.copytree(folder, copy)
+        if card is not None:
+            (copy / CARD_NAME).write_text(card)
+        url = upload_folder(copy, args.repo_id, private=args.private or None, token=args.token)
     print(f'Pushed {folder} to {args.repo_id}: {url}\nUse it with: softprompt predict {args.repo_id} "some text"')
     return 0

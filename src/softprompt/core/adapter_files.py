@@ -18,6 +18,7 @@ from ..compat import current_state
 from ..config import PromptLearningConfig
 from ..errors import AdapterError
 from ..methods.base import ModelShape, PromptTable, has_encoder
+from . import model_card
 from .injection import Injection
 
 
@@ -124,9 +125,14 @@ class AdapterFilesMixin:
             self.check_known(name)
         for name in sorted(names, key=lambda n: n != "default"):  # the root folder first, sub-folders into it
             folder = Path(save_directory) if name == "default" else Path(save_directory) / name
-            adapter_io.write_folder_atomically(
-                folder, lambda staging, name=name: self.write_adapter_files(staging, include_prompt_source, name)
-            )
+            own_card = model_card.keeps_own_card(folder)
+
+            def write(staging, name=name, own_card=own_card):
+                self.write_adapter_files(staging, include_prompt_source, name)
+                if not own_card:
+                    self.write_model_card(staging, name)
+
+            adapter_io.write_folder_atomically(folder, write)
 
     def write_adapter_files(self, folder, include_prompt_source: bool = False, adapter_name: str | None = None) -> None:
         """An adapter's files (default: the active one), written into an existing folder (callers make that atomic)."""
@@ -144,6 +150,15 @@ class AdapterFilesMixin:
         saved = dataclasses.replace(self.peft_config[name], inference_mode=True)  # the file holds the collapsed table
         saved.save_pretrained(folder)
 
+    def write_model_card(self, folder, adapter_name: str | None = None, task=None, metrics: dict | None = None,
+                         location: str = model_card.PLACEHOLDER) -> None:  # fmt: skip
+        """The adapter's README.md (model card), beside its files in `folder`: `task` (a TaskSpec) and `metrics` (a
+        training line) add their sections; `location` is how the card's code names the adapter (a Hub repo id)."""
+        name = adapter_name or self.active_name()
+        parameters = sum(t.numel() for t in adapter_io.read_tensors(Path(folder) / adapter_io.WEIGHTS_NAME).values())
+        text = model_card.render(self.peft_config[name], parameters, task, metrics, location)
+        adapter_io.atomic_write_bytes(Path(folder) / model_card.CARD_NAME, text.encode())
+
     def push_to_hub(
         self,
         repo_id: str,
@@ -154,4 +169,5 @@ class AdapterFilesMixin:
         """Upload the active adapter as one commit (all files or none). Returns the commit URL."""
         with tempfile.TemporaryDirectory() as folder:
             self.save_pretrained(os.path.join(folder, "adapter"), selected_adapters=[self.active_name()])
+            self.write_model_card(os.path.join(folder, "adapter"), location=repo_id)
             return adapter_io.upload_folder(os.path.join(folder, "adapter"), repo_id, private, token, commit_message)

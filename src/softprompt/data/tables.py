@@ -3,6 +3,7 @@ dataset's split, read with `datasets`. Errors name the setting that gave the sou
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,10 +36,13 @@ def load_table(
     (`hf://datasets/ought/raft@refs/convert/parquet/twitter_complaints/train/*.parquet`, or any URL datasets reads);
     or a split of a hub dataset without a loading script (`load_dataset(source, dataset_config, split=split)`).
 
-    `field` names the setting that gave `source` (e.g. train_file), for the hint when the Hub cannot be reached.
+    From Python, `source` may also be rows already in memory: a datasets.Dataset, a pandas DataFrame or a list of
+    dicts. `field` names the setting that gave `source` (e.g. train_file), for the error messages.
     """
-    import datasets
+    import datasets  # imported here: a second of import time that the model layers do not need
 
+    if not isinstance(source, (str, os.PathLike)):
+        return table_from_rows(source, field)
     if is_remote(source):
         return load_remote_table(source, field)
     path = Path(source).expanduser()
@@ -125,6 +129,25 @@ def load_remote_table(source: str, field: str = "train_file") -> Table:
             f"{field}: could not read {source!r} ({type(error).__name__}: {error}). Check the address, or {local}."
         ) from error
     return table_from_dataset(dataset, source)
+
+
+def table_from_rows(source, field: str) -> Table:
+    """Rows given in Python: a datasets.Dataset (its ClassLabel names kept), a pandas DataFrame, or a list of dicts."""
+    origin = f"{field} ({type(source).__name__})"
+    if hasattr(source, "features") and hasattr(source, "to_list"):  # a datasets.Dataset
+        return table_from_dataset(source, origin)
+    if hasattr(source, "to_dict") and hasattr(source, "columns"):  # a pandas DataFrame
+        rows = source.to_dict("records")
+    elif isinstance(source, (list, tuple)) and all(isinstance(row, dict) for row in source):
+        rows = list(source)
+    else:
+        raise DataError(
+            f"{field}: got a {type(source).__name__}; give a path, an hf://datasets/... address, a datasets.Dataset, "
+            "a pandas DataFrame or a list of row dicts."
+        )
+    if not rows:
+        raise DataError(f"{origin} has no rows.")
+    return Table(rows, origin)
 
 
 def table_from_dataset(dataset, origin: str) -> Table:

@@ -45,6 +45,7 @@ class PrefixTuningConfig(PromptLearningConfig):
         "prefix_init_text": None,
         "tokenizer_name_or_path": None,
     }
+    PEFT_MISREADS = (*PromptLearningConfig.PEFT_MISREADS, "encoder_prefix")  # PEFT refuses its table's width
 
     def __post_init__(self) -> None:
         super().__post_init__()

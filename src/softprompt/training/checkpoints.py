@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from .. import adapter_io
 from ..core import PeftModel
+from ..core.model_card import keeps_own_card
 from ..data import RowTokenizer, write_task
 from ..errors import AdapterError
 
@@ -77,8 +78,16 @@ def restore_optimizer(folder: Path, state: dict, optimizer, scheduler) -> None:
     scheduler.load_state_dict(state["scheduler"])
 
 
-def write_adapter(model: PeftModel, rows: RowTokenizer | list[RowTokenizer], folder: Path) -> None:
-    """The adapter's inference files and its task.json, replacing the folder atomically."""
-    adapter_io.write_folder_atomically(
-        folder, lambda staging: (model.write_adapter_files(staging), write_task(staging, rows))
-    )
+def write_adapter(model: PeftModel, rows: list[RowTokenizer], folder: Path, metrics: dict | None = None) -> None:
+    """The adapter's inference files, its task.json and model card (with the epoch's `metrics`), replacing the
+    folder atomically (a README.md of the user's own is kept)."""
+    own_card = keeps_own_card(folder)
+
+    def write(staging: Path) -> None:
+        model.write_adapter_files(staging)
+        write_task(staging, rows)
+        if not own_card:
+            shown = {key: value for key, value in (metrics or {}).items() if key not in ("lr", "seconds")}
+            model.write_model_card(staging, task=rows[0].spec if len(rows) == 1 else None, metrics=shown)
+
+    adapter_io.write_folder_atomically(folder, write)

@@ -14,11 +14,33 @@ from pathlib import Path
 import yaml
 
 from .. import registry
-from ..base_models import DEFAULT_MODEL
+from ..base_models import DEFAULT_MODEL, DTYPES
 from ..config import PromptLearningConfig
 from ..data import TaskSpec
 from ..errors import ConfigError
 from .config_paths import paths_from, set_dotted
+
+
+def plain(config) -> dict:
+    """A config dataclass as nested plain data, its data sources as `in_memory` shows them."""
+    data = {}
+    for item in dataclasses.fields(config):
+        value = getattr(config, item.name)
+        if item.name in ("train_file", "eval_file"):
+            value = in_memory(value)
+        elif dataclasses.is_dataclass(value):
+            value = plain(value)
+        elif isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
+            value = [plain(entry) for entry in value]
+        data[item.name] = value
+    return data
+
+
+def in_memory(source):
+    """A data source as run_config.yaml shows it: paths and addresses as they are, in-memory tables described."""
+    if source is None or isinstance(source, (str, os.PathLike)):
+        return source
+    return f"<{type(source).__name__} of {len(source)} rows, given in Python>"
 
 
 def task_spec(data: dict, where: str) -> TaskSpec:
@@ -74,7 +96,7 @@ class TaskConfig:
         unknown = sorted(set(entry) - known)
         if unknown:
             raise ConfigError(f"{where}: unknown fields {unknown}. Known fields: {sorted(known)}.")
-        if not isinstance(entry.get("name"), str) or not entry["name"] or not entry.get("train_file"):
+        if not isinstance(entry.get("name"), str) or not entry["name"] or entry.get("train_file") is None:
             raise ConfigError(f"{where} needs a name and a train_file, got {entry!r}.")
         spec = dict(entry.get("task") or {})
         if spec.get("name", entry["name"]) != entry["name"] or spec.get("task_id", position) != position:
@@ -102,9 +124,9 @@ class TrainConfig:
     train_file: str | None = None
     """Training data: a local CSV/TSV/JSON/JSONL/Parquet file, or files on the Hugging Face Hub by datasets' address
     hf://datasets/OWNER/NAME@REVISION/PATH (globs allowed; RAFT: its Parquet export, see configs/); or dataset +
-    train_split."""
+    train_split. From Python also a datasets.Dataset, a pandas DataFrame or a list of row dicts."""
     eval_file: str | None = None
-    """Local labelled evaluation data, reported every epoch."""
+    """Labelled evaluation data (as train_file), scored and reported every epoch."""
     dataset: str | None = None
     """Hub dataset id of a dataset without a loading script, for users online (load_dataset(dataset,
     dataset_config))."""
@@ -160,6 +182,14 @@ class TrainConfig:
     """Where the run writes run_config.yaml, metrics.jsonl/png, checkpoint/ and adapter/."""
     progress: bool = True
     """Show progress bars."""
+    device: str = "auto"
+    """auto: a GPU when there is one (Accelerate's choice; pick one with CUDA_VISIBLE_DEVICES), else the CPU; cpu."""
+    dtype: str = "auto"
+    """The base model's weights: auto (as saved), float32, bfloat16 or float16 (half the memory; on a GPU)."""
+    mixed_precision: str = "no"
+    """no, bf16 or fp16: the forward and backward passes in 16-bit (Accelerate's autocast); the prompt stays fp32."""
+    gradient_checkpointing: bool = False
+    """Recompute the frozen layers' activations in the backward pass: far less memory, about a third more compute."""
     calibration: CalibrationConfig | None = None
     """After training, store the class prior on unlabelled texts with the adapter (calibration.* fields); predict,
     eval and serve then divide the class probabilities by it."""
@@ -196,7 +226,9 @@ class TrainConfig:
             names = [t.name for t in self.tasks]
             if len(set(names)) != len(names):
                 problems.append(f"task names must differ, got {names}")
-            given = [name for name in ("train_file", "eval_file", "dataset", "eval_split") if getattr(self, name)]
+            given = [
+                name for name in ("train_file", "eval_file", "dataset", "eval_split") if getattr(self, name) is not None
+            ]
             if given:
                 problems.append(
                     f"tasks replaces {', '.join(given)}: set them per task (tasks[I].train_file, tasks[I].eval_file)"
@@ -230,6 +262,10 @@ class TrainConfig:
             )
         if not 0 <= self.validation_fraction < 1:
             problems.append(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
+        choices = {"device": ("auto", "cpu"), "dtype": ("auto", *DTYPES), "mixed_precision": ("no", "bf16", "fp16")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                problems.append(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         return problems
 
     def method_config(self) -> PromptLearningConfig:
@@ -280,4 +316,5 @@ class TrainConfig:
         return cls(**data)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The config as plain data (run_config.yaml); in-memory data (a DataFrame, ...) are described, not copied."""
+        return plain(self)

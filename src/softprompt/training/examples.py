@@ -35,22 +35,17 @@ class TaskExamples:
 def load_tasks_data(config: TrainConfig, tokenizer) -> list[TaskExamples]:
     """Each task's rows: the config's one task, or each of `tasks` (rows tagged with its task id)."""
     if not config.tasks:
-        train_table = load_table(
-            config.train_file or config.dataset, config.dataset_config, config.train_split, "train_file"
-        )
+        source = config.train_file if config.train_file is not None else config.dataset
+        train_table = load_table(source, config.dataset_config, config.train_split, "train_file")
         eval_table = None
-        if config.eval_file or config.eval_split:
-            eval_table = load_table(
-                config.eval_file or config.dataset,
-                config.dataset_config,
-                config.eval_split or "validation",
-                "eval_file",
-            )
+        if config.eval_file is not None or config.eval_split:
+            source = config.eval_file if config.eval_file is not None else config.dataset
+            eval_table = load_table(source, config.dataset_config, config.eval_split or "validation", "eval_file")
         return [encode_task(None, config.task, train_table, eval_table, config.max_train_rows, config, tokenizer)]
     parts = []
     for n, entry in enumerate(config.tasks):
         train_table = load_table(entry.train_file, field=f"tasks.{n}.train_file")
-        eval_table = load_table(entry.eval_file, field=f"tasks.{n}.eval_file") if entry.eval_file else None
+        eval_table = None if entry.eval_file is None else load_table(entry.eval_file, field=f"tasks.{n}.eval_file")
         limit = entry.max_train_rows if entry.max_train_rows is not None else config.max_train_rows
         parts.append(encode_task(entry.name, entry.task, train_table, eval_table, limit, config, tokenizer))
     return parts

@@ -21,6 +21,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from .. import adapter_io, base_models, registry
+from ..compat import accelerator_for
 from ..core import PeftModel, get_peft_model
 from ..data import length_grouped_batches
 from ..errors import TrainingDiverged
@@ -61,9 +62,11 @@ class Run:
 
 def train(config: TrainConfig, resume: bool = False) -> dict:
     """Train, evaluate each epoch, checkpoint, keep the best adapter. Returns the final metrics line."""
-    from accelerate import Accelerator  # imported here: a second to import, and only training needs it
-
-    accelerator = Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps)
+    accelerator = accelerator_for(
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        mixed_precision=config.mixed_precision,
+        cpu=config.device == "cpu",
+    )
     run = prepare(config, accelerator, resume)
     main = accelerator.is_main_process
     for epoch in range(run.start_epoch, config.epochs):
@@ -108,10 +111,13 @@ def prepare(config: TrainConfig, accelerator, resume: bool) -> Run:
     train_examples = [example for part in parts for example in part.train]
     entry = registry.task_type(config.task_type)
     behaviour = entry.require_behaviour("softprompt train")(train_examples)
-    base = base_models.load_base_model(
-        config.model, auto_class=entry.auto_model, **behaviour.model_options(parts[0].rows)
-    )
+    options = behaviour.model_options(parts[0].rows)
+    if config.dtype != "auto":
+        options["dtype"] = base_models.parse_dtype(config.dtype)
+    base = base_models.load_base_model(config.model, auto_class=entry.auto_model, **options)
     model = get_peft_model(base, config.method_config())
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
     if state is not None:
         restore_prompt(checkpoint_dir, model)
     if main:
@@ -222,7 +228,7 @@ def finish_epoch(run: Run, epoch: int, train_loss: float, started: float) -> Non
     task_rows = [part.rows for part in run.parts]
     if run.best is None or chosen is None or chosen > run.best["score"]:
         run.best = {"epoch": epoch + 1, "score": chosen}
-        write_adapter(plain, task_rows, run.out / "adapter")
+        write_adapter(plain, task_rows, run.out / "adapter", line)
     run.history.append(line)
     append_metrics(run.out, line, run.history)
     state = {"epoch": epoch + 1, "history": run.history, "best": run.best}
