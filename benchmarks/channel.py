@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/channel.py            # 2 splits x 2 folds of the 50 train tweets
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/channel.py --dev 42   # then train on all 50, score dev (seed 42)
+    .venv/bin/python benchmarks/channel.py --smoke                      # both, in seconds: tiny model, toy rows
 
 Direct (softprompt's label scoring): p(label words | soft prompt, question with the tweet). Channel: the label
 conditions and the text is scored, p(tweet | soft prompt, question, label words): rows are
@@ -9,28 +10,24 @@ conditions and the text is scored, p(tweet | soft prompt, question, label words)
 and each tweet is classified by the class under which its tokens are most likely. Min et al. report channel
 stronger than direct with few and imbalanced examples (GPT-2, 16 per class). Everything else is the shipped
 prompt-tuning config (20 virtual tokens initialised from the question, lr 0.03, 10 epochs, batch 8, balanced
-classes, AdamW with a linear schedule) in a copy of softprompt's loop, as quality.py's LoRA. The folds are
-recipe_cv.py's (same splits, seed 42), so the direct figures of results/recipe_cv.json ("prompt_tuning/shipped")
-are the same protocol; "+ prior" divides by the mean class probability on 200 unlabelled test tweets.
+classes, AdamW with a linear schedule) by softprompt's recipe in the library's own epoch loop (common.fit), as
+quality.py's LoRA. The folds are recipe_cv.py's (same splits, seed 42), so the direct figures of
+results/recipe_cv.json ("prompt_tuning/shipped") are the same protocol; "+ prior" divides by the mean class
+probability on 200 unlabelled test tweets.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
+import common
 from quality import TWITTER, unlabelled_texts
-from recipe_cv import folds, read_rows
+from recipe_cv import folds
 
-DATA = TWITTER.train.parent  # ../shared/data/twitter_complaints
-
-ROOT = Path(__file__).resolve().parents[1]
 QUESTION = "Is the author of this tweet complaining about a product or service?"
 CHANNEL_PREFIX = "Question: " + QUESTION + "\nAnswer:{label}\nTweet:"
 
@@ -47,18 +44,12 @@ def channel_parts(tokenizer, config, texts: list[str]) -> tuple[list[list[int]],
 
 def train_channel(rows: list[dict], seed: int, **overrides):
     """A prompt-tuning model trained on the channel rows of `rows` (class positions from LABELS)."""
-    from transformers import get_linear_schedule_with_warmup
-
     from softprompt import get_peft_model
     from softprompt.base_models import load_base_model, load_tokenizer
-    from softprompt.data import Example, length_grouped_batches
+    from softprompt.data import Example
     from softprompt.task_types.causal_lm import LabelScoring
-    from softprompt.training import TrainConfig
-    from softprompt.training.examples import epoch_examples
 
-    config = TrainConfig.from_yaml(
-        ROOT / "configs" / "twitter_complaints" / "prompt_tuning.yaml", {"seed": seed, "calibration": None, **overrides}
-    )
+    config = common.local_config(TWITTER.config("prompt_tuning"), {"seed": seed, "calibration": None, **overrides})
     torch.manual_seed(seed)
     tokenizer = load_tokenizer(config.model)
     prefixes, texts = channel_parts(tokenizer, config, [r["Tweet text"] for r in rows])
@@ -66,24 +57,9 @@ def train_channel(rows: list[dict], seed: int, **overrides):
     examples = [Example(prefixes[k], text, k, False, "") for k, text in zip(labels, texts)]
     task = LabelScoring(examples)
     model = get_peft_model(load_base_model(config.model), config.method_config())
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay
+    common.fit(
+        model, examples, config, lambda batch: task.collate(batch, tokenizer.pad_token_id), task.loss, task.weight
     )
-    steps = math.ceil(len(epoch_examples(examples, config, 0)) / config.batch_size) * config.epochs
-    scheduler = get_linear_schedule_with_warmup(optimizer, 0, steps)
-    for epoch in range(config.epochs):
-        torch.manual_seed(config.seed + epoch)
-        epoch_rows = epoch_examples(examples, config, epoch)
-        model.train()
-        for batch_rows in length_grouped_batches(
-            [len(e.prompt_ids) + len(e.target_ids) for e in epoch_rows], config.batch_size, config.seed + epoch
-        ):
-            loss = task.loss(model, task.collate([epoch_rows[i] for i in batch_rows], tokenizer.pad_token_id))
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
     return model, tokenizer, config
 
 
@@ -98,7 +74,7 @@ def channel_log_probs(model, tokenizer, config, texts: list[str]) -> list[list[f
     scores = score_rows(model, prompts, continuations, tokenizer.pad_token_id, progress=False)[:, 0].view(
         len(texts), len(prefixes)
     )
-    return [[round(v, 5) for v in row] for row in scores.log_softmax(-1).tolist()]
+    return common.rounded(scores)
 
 
 def summary(runs: list[dict]) -> dict:
@@ -110,23 +86,28 @@ def summary(runs: list[dict]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dev", nargs="*", type=int, help="seeds: train on all 50 tweets and score dev.csv")
-    parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "channel.json"))
+    parser.add_argument("--results", help="default: benchmarks/results/channel.json")
+    common.add_smoke_argument(parser)
     args = parser.parse_args()
-    if not DATA.is_dir():
-        print(f"skipped: {DATA} is absent")
+    settings, unlabelled_count = {}, 200
+    if args.smoke is not None:  # the folds, then dev with seed 42; 2 epochs, 4 unlabelled texts
+        common.start_smoke(args.smoke)
+        settings, unlabelled_count, args.dev = {"epochs": 2}, 4, args.dev or [42]
+    if common.absent(TWITTER.train, TWITTER.dev):
         return
-    path = Path(args.results)
-    results = json.loads(path.read_text()) if path.is_file() else {"cv": [], "dev": []}
-    rows = read_rows(DATA / "train.csv")
-    unlabelled = unlabelled_texts(TWITTER, 200)
+    path = common.results_path("channel.json", args.results)
+    results = common.read_json(path, {"cv": [], "dev": []})
+    rows = common.read_rows(TWITTER.train)
+    unlabelled = unlabelled_texts(TWITTER, unlabelled_count)
     names = ["complaint", "no complaint"]
-    if args.dev is None:
+    if args.dev is None or args.smoke is not None:
         for repeat in range(2):
             for fold, held in enumerate(folds(rows, 2, seed=repeat)):
                 if any(r["repeat"] == repeat and r["fold"] == fold for r in results["cv"]):
                     continue
                 started = time.time()
-                model, tokenizer, config = train_channel([r for i, r in enumerate(rows) if i not in set(held)], seed=42)
+                fit_rows = [r for i, r in enumerate(rows) if i not in set(held)]
+                model, tokenizer, config = train_channel(fit_rows, seed=42, **settings)
                 results["cv"].append(
                     {
                         "repeat": repeat,
@@ -141,35 +122,35 @@ def main() -> None:
                         "seconds": round(time.time() - started, 1),
                     }
                 )
-                path.write_text(json.dumps(results))
+                common.write_json(path, results)
                 print(f"split {repeat} fold {fold}: channel {summary(results['cv'])}", flush=True)
-    else:
+    if args.dev is not None:
         from softprompt.inference.calibration import calibrate, estimate_prior
         from softprompt.inference.metrics import classification_metrics
 
-        dev = read_rows(DATA / "dev.csv")
+        dev = common.read_rows(TWITTER.dev)
         gold = [int(r["Label"]) - 1 for r in dev]
         for seed in args.dev:
             if not any(r["seed"] == seed for r in results["dev"]):
-                model, tokenizer, config = train_channel(rows, seed)
+                model, tokenizer, config = train_channel(rows, seed, **settings)
                 results["dev"].append(
                     {
                         "seed": seed,
                         "log_probs": channel_log_probs(model, tokenizer, config, [r["Tweet text"] for r in dev]),
                     }
                 )
-                path.write_text(json.dumps(results))
+                common.write_json(path, results)
         for run in results["dev"]:
             p = torch.tensor(run["log_probs"]).exp()
             plain = classification_metrics(gold, p.argmax(-1).tolist(), names)["macro_f1"]
             prior = classification_metrics(gold, calibrate(p, estimate_prior(p)).argmax(-1).tolist(), names)["macro_f1"]
             print(f"dev seed {run['seed']}: channel macro-F1 {plain:.3f} plain, {prior:.3f} + prior (dev texts)")
-    direct = json.loads((ROOT / "benchmarks" / "results" / "recipe_cv.json").read_text())["candidates"][
-        "prompt_tuning/shipped"
-    ]["runs"]
     if results["cv"]:
+        candidates = common.read_json(common.results_path("recipe_cv.json"), {"candidates": {}})["candidates"]
         print("held-out macro-F1, 2 splits x 2 folds of train.csv:")
-        print(f"  direct  (recipe_cv.py, shipped prompt tuning): {summary(direct)}")
+        if "prompt_tuning/shipped" in candidates:  # the direct figures, same folds
+            direct = candidates["prompt_tuning/shipped"]["runs"]
+            print(f"  direct  (recipe_cv.py, shipped prompt tuning): {summary(direct)}")
         print(f"  channel ({len(results['cv'])} folds): {summary(results['cv'])}")
         print(f"  seconds per fold: {statistics.mean(r['seconds'] for r in results['cv']):.0f}")
 

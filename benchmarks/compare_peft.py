@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/compare_peft.py            # 10 epochs, 400 dev tweets, 3 methods
     .venv/bin/python benchmarks/compare_peft.py --quick    # 1 epoch, 64 dev tweets (a few minutes)
+    .venv/bin/python benchmarks/compare_peft.py --smoke    # seconds: a tiny random model, toy rows
 
 Each (library, method) runs in its own child process, alternating PEFT and softprompt, so that the
 peak RSS of each is its own. PEFT follows its prompt-tuning guide: pad every example to 64 tokens,
@@ -16,16 +17,16 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-# ../shared/data/twitter_complaints, its CSV rows and ru_maxrss: shared with encoder.py
-from encoder import DATA, peak_rss_mb, read_rows
+import common
+from common import peak_rss_mb
 
+MODEL = "smollm2-135m"
 LABELS = ["Unlabeled", "complaint", "no complaint"]
 INIT_TEXT = "Classify if the tweet is a complaint or not:"
 LEARNING_RATES = {"prompt_tuning": 3e-2, "p_tuning": 3e-2, "prefix_tuning": 1e-2}
@@ -48,15 +49,16 @@ def run_peft(method: str, epochs: int, dev_limit: int | None, seed: int) -> dict
     from softprompt.task_types.causal_lm import match_label
 
     torch.manual_seed(seed)
-    tokenizer = load_tokenizer("smollm2-135m")
-    model = load_base_model("smollm2-135m")
+    name = common.model_name(MODEL)
+    tokenizer = load_tokenizer(name)
+    model = load_base_model(name)
     configs = {
         "prompt_tuning": lambda: peft.PromptTuningConfig(
             task_type="CAUSAL_LM",
             prompt_tuning_init="TEXT",
             num_virtual_tokens=20,
             prompt_tuning_init_text=INIT_TEXT,
-            tokenizer_name_or_path=resolve("smollm2-135m"),
+            tokenizer_name_or_path=resolve(name),
         ),
         "p_tuning": lambda: peft.PromptEncoderConfig(
             task_type="CAUSAL_LM", num_virtual_tokens=20, encoder_hidden_size=128
@@ -75,7 +77,7 @@ def run_peft(method: str, epochs: int, dev_limit: int | None, seed: int) -> dict
         labels = ([-100] * (fill + len(prompt)) + label)[:max_length]
         return ids, mask, labels
 
-    train = [encode(r) for r in read_rows("train.csv")]
+    train = [encode(r) for r in common.task_rows("train")]
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATES[method])
     steps = -(-len(train) // batch_size)
@@ -97,7 +99,7 @@ def run_peft(method: str, epochs: int, dev_limit: int | None, seed: int) -> dict
             scheduler.step()
             optimizer.zero_grad()
         epoch_seconds.append(time.perf_counter() - started)
-    dev = read_rows("dev.csv", dev_limit)
+    dev = common.task_rows("dev", dev_limit)
     model.eval()
     started = time.perf_counter()
     predicted = []
@@ -134,20 +136,15 @@ def run_softprompt(method: str, epochs: int, dev_limit: int | None, seed: int, w
         options.update(prompt_tuning_init="TEXT", prompt_tuning_init_text=INIT_TEXT)
     if method == "p_tuning":
         options.update(encoder_hidden_size=128)
-    dev_file = workdir / "dev.csv"
-    import csv
-
-    dev = read_rows("dev.csv", dev_limit)
-    with open(dev_file, "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=list(dev[0]))
-        writer.writeheader()
-        writer.writerows(dev)
+    dev = common.task_rows("dev", dev_limit)
+    common.write_rows(workdir / "dev.csv", dev)
+    name = common.model_name(MODEL)
     config = TrainConfig.from_dict(
         {
-            "model": "smollm2-135m",
+            "model": name,
             "method": method,
             "method_options": options,
-            "train_file": str(DATA / "train.csv"),
+            "train_file": str(common.task_file("train")),
             "task": {"label_names": LABELS, "max_length": 64},
             "epochs": epochs,
             "lr": LEARNING_RATES[method],
@@ -160,12 +157,12 @@ def run_softprompt(method: str, epochs: int, dev_limit: int | None, seed: int, w
     history_file = workdir / method / "metrics.jsonl"
     train(config)
     history = [json.loads(line) for line in history_file.read_text().splitlines()]
-    tokenizer = load_tokenizer("smollm2-135m")
+    tokenizer = load_tokenizer(name)
     spec = TaskSpec(label_names=LABELS, max_length=64)
     encoder = RowTokenizer(tokenizer, spec, LABELS)
-    train_examples = [encoder.encode(r) for r in read_rows("train.csv")]
+    train_examples = [encoder.encode(r) for r in common.task_rows("train")]
     real_tokens = sum(len(e.prompt_ids) + len(e.target_ids) for e in train_examples)
-    model = PeftModel.from_pretrained(load_base_model("smollm2-135m"), workdir / method / "adapter")
+    model = PeftModel.from_pretrained(load_base_model(name), workdir / method / "adapter")
     examples = [encoder.encode(r) for r in dev]
     gold = [e.label for e in examples]
     started = time.perf_counter()
@@ -222,14 +219,17 @@ def main() -> int:
     parser.add_argument("--table", metavar="JSON", help="print the markdown table of a result file and exit")
     parser.add_argument("--worker", nargs=2, metavar=("LIBRARY", "METHOD"), help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", help=argparse.SUPPRESS)
+    common.add_smoke_argument(parser)
     args = parser.parse_args()
     if args.table:
-        print(table(json.loads(Path(args.table).read_text())))
+        print(table(common.read_json(Path(args.table))))
         return 0
     if args.quick:
         args.epochs, args.dev_limit = 1, 64
-    if not (DATA / "train.csv").exists():
-        print(f"skipped: {DATA} is absent (the benchmark reads ../shared/data/twitter_complaints)")
+    if args.smoke is not None:  # 2 epochs, 8 dev rows
+        common.start_smoke(args.smoke)
+        args.epochs, args.dev_limit = 2, 8
+    if common.absent(common.task_file("train"), common.task_file("dev")):
         return 0
     torch.set_num_threads(max(torch.get_num_threads(), 1))
     if args.worker:
@@ -258,9 +258,7 @@ def main() -> int:
         "dev_tweets": args.dev_limit or 400,
         "runs": {},
     }
-    out = Path(
-        args.out or Path(__file__).parent / "results" / ("quick.json" if args.quick else f"epochs{args.epochs}.json")
-    )
+    out = common.results_path("quick.json" if args.quick else f"epochs{args.epochs}.json", args.out)
     for index, method in enumerate(args.methods):
         order = ["peft", "softprompt"] if index % 2 == 0 else ["softprompt", "peft"]  # alternate who goes first
         for library in order:
@@ -281,11 +279,11 @@ def main() -> int:
             if args.dev_limit:
                 command += ["--dev-limit", str(args.dev_limit)]
             print(f"running {library} {method} ...", flush=True)
-            subprocess.run(command, check=True)
-            results["runs"].setdefault(method, {})[library] = json.loads(worker_out.read_text())
-            worker_out.unlink()
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(results, indent=1))
+            result = common.run_child(command, worker_out, capture=False)
+            if "error" in result:
+                raise SystemExit(f"{library} {method}: {result['error']}")
+            results["runs"].setdefault(method, {})[library] = result
+            common.write_json(out, results, indent=1)
     print(table(results))
     print(f"\nwritten: {out}")
     return 0

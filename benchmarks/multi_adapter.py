@@ -3,10 +3,12 @@
     .venv/bin/python benchmarks/multi_adapter.py                 # 400 dev tweets, K = 1 10 100 (~12 min)
     .venv/bin/python benchmarks/multi_adapter.py --quick         # 64 dev tweets (~4 min)
     .venv/bin/python benchmarks/multi_adapter.py --table benchmarks/results/multi_adapter.json
+    .venv/bin/python benchmarks/multi_adapter.py --smoke         # seconds: a tiny model, 8 toy rows, K = 1 2
 
 The twitter_complaints dev tweets are spread uniformly over K prompt-tuning adapters (two trained here,
-the others copies of them with perturbed tables, 20 or 10 virtual tokens), and every tweet's two labels
-are scored (" yes"/" no" + EOS, the shipped config's task), batch 16, fp32, three ways in one process:
+the others copies of them with perturbed tables, 20 or 10 virtual tokens; the shipped config without its
+calibration), and every tweet's two labels are scored (" yes"/" no" + EOS, the shipped config's task), batch 16,
+fp32, three ways in one process:
 (a) softprompt, batches mixing adapters (`Predictor.scores(texts, adapter=[one name per text])`);
 (b) softprompt, texts grouped by adapter, one adapter per batch;
 (c) PEFT 0.21 as its users must: one adapter active per forward (`set_adapter` per group), each label
@@ -21,25 +23,24 @@ import argparse
 import json
 import random
 import shutil
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "twitter_complaints"
-CONFIG = ROOT / "configs" / "twitter_complaints" / "prompt_tuning.yaml"
+import common
+from common import rss_mb
+
+CONFIG = common.CONFIGS / "twitter_complaints" / "prompt_tuning.yaml"
+MODEL = "smollm2-135m"
 BATCH = 16
 
 
-def rss_mb() -> float:
-    with open("/proc/self/statm") as file:
-        return int(file.read().split()[1]) * 4096 / 2**20
-
-
 def train_real_adapters(runs: Path, epochs: int) -> list[Path]:
-    """Two real prompts (20 and 10 virtual tokens) trained on the 50 train tweets; reused when present."""
-    from softprompt.training import TrainConfig, train
+    """Two real prompts (20 and 10 virtual tokens) trained on the 50 train tweets; reused when present. The config's
+    calibration is left out: the scores compared here are the plain ones (as they were before configs calibrated)."""
+    from softprompt.training import train
 
     folders = []
     for tokens in (20, 10):
@@ -50,10 +51,11 @@ def train_real_adapters(runs: Path, epochs: int) -> list[Path]:
                 "eval_file": None,
                 "output_dir": str(out),
                 "progress": False,
-                "train_file": str(DATA / "train.csv"),  # the local copy, not the config's hub default
+                "train_file": str(common.task_file("train")),  # not the config's Hub files
+                "calibration": None,
                 "method_options.num_virtual_tokens": tokens,
             }
-            train(TrainConfig.from_yaml(CONFIG, overrides))
+            train(common.local_config(CONFIG, overrides))
         folders.append(out / "adapter")
     return folders
 
@@ -138,7 +140,7 @@ def peft_run(
 
     items = list(adapters.items())
     model = peft.PeftModel.from_pretrained(
-        load_base_model("smollm2-135m"), items[0][1], adapter_name=items[0][0]
+        load_base_model(common.model_name(MODEL)), items[0][1], adapter_name=items[0][0]
     ).eval()
     for name, location in items[1:]:
         model.load_adapter(location, adapter_name=name)
@@ -166,39 +168,42 @@ def peft_run(
     return {"seconds": seconds, "texts_per_second": len(prompts) / seconds, "predicted": predicted}
 
 
-def memory_per_extra_adapter(library: str, adapters: dict[str, str]) -> float:
+def memory_per_extra_adapter(library: str, adapters: dict[str, str], scratch: Path) -> float:
     """RSS growth (MB) per adapter after the first, in a fresh process (a reused heap would hide it)."""
-    import subprocess
-    import sys
+    out = scratch / f"rss-{library}.json"
+    command = [sys.executable, __file__, "--rss-worker", library, json.dumps(adapters), "--worker-out", str(out)]
+    result = common.run_child(command, out)
+    if "error" in result:
+        raise RuntimeError(f"measuring {library}'s memory per adapter: {result['error']}")
+    return result["mb_per_extra_adapter"]
 
-    script = f"""
-import json, torch
-from benchmarks.multi_adapter import rss_mb
-adapters = json.loads({json.dumps(json.dumps(adapters))})
-items = list(adapters.items())
-if {library!r} == "softprompt":
-    from softprompt import Predictor
-    predictor = Predictor.from_pretrained(dict(items[:1]), device="cpu", dtype="float32")
-    with torch.no_grad():
-        predictor.model.prompt_states(items[0][0])
-    before = rss_mb()
-    for name, path in items[1:]:
-        predictor.load_adapter(path, name)
+
+def rss_worker(library: str, adapters: dict[str, str]) -> dict:
+    """The child of memory_per_extra_adapter: load the first adapter (and its keys/values), then the others."""
+    items = list(adapters.items())
+    if library == "softprompt":
+        from softprompt import Predictor
+
+        predictor = Predictor.from_pretrained(dict(items[:1]), device="cpu", dtype="float32")
         with torch.no_grad():
-            predictor.model.prompt_states(name)
-else:
-    import peft
-    from softprompt import load_base_model
-    model = peft.PeftModel.from_pretrained(
-        load_base_model("smollm2-135m"), items[0][1], adapter_name=items[0][0]
-    ).eval()
-    before = rss_mb()
-    for name, path in items[1:]:
-        model.load_adapter(path, adapter_name=name)
-print(json.dumps((rss_mb() - before) / (len(items) - 1)))
-"""
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+            predictor.model.prompt_states(items[0][0])
+        before = rss_mb()
+        for name, path in items[1:]:
+            predictor.load_adapter(path, name)
+            with torch.no_grad():
+                predictor.model.prompt_states(name)
+    else:
+        import peft
+
+        from softprompt import load_base_model
+
+        model = peft.PeftModel.from_pretrained(
+            load_base_model(common.model_name(MODEL)), items[0][1], adapter_name=items[0][0]
+        ).eval()
+        before = rss_mb()
+        for name, path in items[1:]:
+            model.load_adapter(path, adapter_name=name)
+    return {"mb_per_extra_adapter": (rss_mb() - before) / (len(items) - 1)}
 
 
 def table(results: dict) -> str:
@@ -245,46 +250,46 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=400)
     parser.add_argument("--adapters", type=int, nargs="+", default=[1, 10, 100])
     parser.add_argument("--epochs", type=int, default=3, help="epochs of the two real adapters")
-    parser.add_argument("--runs", default=str(ROOT / "runs" / "multi_adapter"))
+    parser.add_argument("--runs", help="where the adapters go (default: runs/multi_adapter)")
     parser.add_argument("--output", default=None)
     parser.add_argument("--table", help="print the table of a results file and exit")
+    parser.add_argument("--rss-worker", nargs=2, metavar=("LIBRARY", "ADAPTERS_JSON"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker-out", help=argparse.SUPPRESS)
+    common.add_smoke_argument(parser)
     args = parser.parse_args()
+    if args.rss_worker:
+        common.write_json(Path(args.worker_out), rss_worker(args.rss_worker[0], json.loads(args.rss_worker[1])))
+        return
     if args.table:
-        print(table(json.loads(Path(args.table).read_text())))
+        print(table(common.read_json(Path(args.table))))
         return
-    if not (DATA / "dev.csv").is_file():
-        print(f"skipped: {DATA} is absent (the benchmark reads ../shared/data/twitter_complaints)")
+    if args.smoke is not None:  # 8 texts, K = 1 and 2, adapters trained for 2 epochs
+        common.start_smoke(args.smoke)
+        args.texts, args.adapters, args.epochs = 8, [1, 2], 2
+    dev_file = common.task_file("dev")
+    if common.absent(dev_file):
         return
-    import platform
-
     from softprompt.data import load_table
 
     count = 64 if args.quick else args.texts
-    rows = [{"Tweet text": r["Tweet text"]} for r in load_table(str(DATA / "dev.csv")).rows[:count]]
-    runs_dir = Path(args.runs)
+    rows = [{"Tweet text": r["Tweet text"]} for r in load_table(str(dev_file)).rows[:count]]
+    runs_dir = Path(args.runs or common.runs_folder("multi_adapter"))
     real = train_real_adapters(runs_dir, args.epochs)
     folders = make_adapters(real, max(args.adapters), runs_dir / "adapters")
-    results = {
-        "texts": len(rows),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-        "runs": [],
-    }
+    results = {"texts": len(rows), "machine": common.machine_line(), "runs": []}
     for k in args.adapters:
         adapters = dict(list(folders.items())[:k])
         names = spread(len(rows), k)
         ours = softprompt_runs(adapters, rows, names)
         theirs = peft_run(adapters, names, ours.pop("prompts"), ours.pop("targets"), ours.pop("pad_id"))
         if k > 1:
-            ours["rss_mb_per_extra_adapter"] = memory_per_extra_adapter("softprompt", adapters)
-            theirs["rss_mb_per_extra_adapter"] = memory_per_extra_adapter("peft", adapters)
+            ours["rss_mb_per_extra_adapter"] = memory_per_extra_adapter("softprompt", adapters, runs_dir)
+            theirs["rss_mb_per_extra_adapter"] = memory_per_extra_adapter("peft", adapters, runs_dir)
         agreement = sum(a == b for a, b in zip(ours.pop("predicted"), theirs.pop("predicted"))) / len(rows)
         results["runs"].append({"adapters": k, "softprompt": ours, "peft": theirs, "agreement_with_peft": agreement})
         print(json.dumps(results["runs"][-1]), flush=True)
-    output = Path(
-        args.output or ROOT / "benchmarks" / "results" / f"multi_adapter{'_quick' if args.quick else ''}.json"
-    )
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(results, indent=1))
+    output = common.results_path(f"multi_adapter{'_quick' if args.quick else ''}.json", args.output)
+    common.write_json(output, results, indent=1)
     print(table(results))
 
 

@@ -1,6 +1,7 @@
 """How much twitter_complaints signal do 50 labelled tweets get out of SmolLM2-135M's frozen features?
 
-    .venv/bin/python benchmarks/probe.py          # ~4 min on 2 cores
+    .venv/bin/python benchmarks/probe.py          # ~4 min on 2 cores; results/probe.json
+    .venv/bin/python benchmarks/probe.py --smoke  # seconds: a tiny random model, toy rows
 
 A yardstick for the soft prompts, not a method of the library: an L2-regularised logistic regression on
 the frozen model's hidden states (mean over the prompt's tokens, or the last token, of one layer), trained on
@@ -11,13 +12,13 @@ all choices (an optimistic bound: it picks on dev).
 
 from __future__ import annotations
 
-from pathlib import Path
+import argparse
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "twitter_complaints"
-CONFIG = ROOT / "configs" / "twitter_complaints" / "prompt_tuning.yaml"
+import common
+
+CONFIG = common.CONFIGS / "twitter_complaints" / "prompt_tuning.yaml"
 STRENGTHS = [0.01, 0.1, 1.0]
 
 
@@ -62,18 +63,23 @@ def macro_f1(predicted: torch.Tensor, gold: torch.Tensor) -> float:
 
 
 def main() -> None:
-    if not DATA.is_dir():
-        print(f"skipped: {DATA} is absent (the benchmark reads ../shared/data/twitter_complaints)")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", help="default: benchmarks/results/probe.json")
+    common.add_smoke_argument(parser)
+    args = parser.parse_args()
+    if args.smoke is not None:
+        common.start_smoke(args.smoke)
+    train_file, dev_file = common.task_file("train"), common.task_file("dev")
+    if common.absent(train_file, dev_file):
         return
     from softprompt.base_models import load_base_model, load_tokenizer
     from softprompt.data import RowTokenizer, load_table
-    from softprompt.training import TrainConfig
 
-    config = TrainConfig.from_yaml(CONFIG)
+    config = common.local_config(CONFIG, {"train_file": str(train_file), "calibration": None})
     tokenizer = load_tokenizer(config.model)
     encoder = RowTokenizer(tokenizer, config.task, config.task.label_names)
-    train = encoder.encode_table(load_table(str(DATA / "train.csv")))
-    dev = encoder.encode_table(load_table(str(DATA / "dev.csv")))
+    train = encoder.encode_table(load_table(str(train_file)))
+    dev = encoder.encode_table(load_table(str(dev_file)))
     model = load_base_model(config.model).eval()
     x_train, x_dev = features(model, encoder, train), features(model, encoder, dev)
     complaint = encoder.class_names.index("complaint")
@@ -110,6 +116,18 @@ def main() -> None:
         f"dev macro-F1 {by_cv[1]:.3f}, dev accuracy {by_cv[2]:.3f}"
     )
     print(f"best on dev (optimistic):         {by_dev[3]}: dev macro-F1 {by_dev[1]:.3f}, dev accuracy {by_dev[2]:.3f}")
+    keys = ("train_loo_macro_f1", "dev_macro_f1", "dev_accuracy", "features")
+    out = common.write_json(
+        common.results_path("probe.json", args.results),
+        {
+            "model": config.model,
+            "chosen_by_train_loo": dict(zip(keys, by_cv)),
+            "best_on_dev": dict(zip(keys, by_dev)),
+            "all": [dict(zip(keys, r)) for r in results],
+        },
+        indent=1,
+    )
+    print(f"written: {out}")
 
 
 if __name__ == "__main__":

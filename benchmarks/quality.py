@@ -4,20 +4,22 @@
     .venv/bin/python benchmarks/quality.py --task tweet_eval_hate --methods prompt_tuning lora
     .venv/bin/python benchmarks/quality.py --quick        # seed 42 only (reuses whatever is cached)
     .venv/bin/python benchmarks/quality.py --table benchmarks/results/quality.json
+    .venv/bin/python benchmarks/quality.py --smoke        # seconds: a tiny random model, toy rows, 2 epochs
 
 Tasks (data read from ../shared/data): twitter_complaints (dev: 400 labelled test tweets), tweet_eval_hate (dev:
 400 test tweets with their TweetEval labels), banking77 (dev: a fixed sample of 400 of RAFT's 5000 gold-labelled
 test queries, 77 intents). Each prompt run is `softprompt train --config configs/TASK/METHOD.yaml --seed S
 --eval_file null` on RAFT's 50 training rows (dev is never seen in training), then label scoring of the dev rows
 with the saved adapter. `lora` is PEFT 0.21.2's LoRA (r=8 on q/k/v/o, alpha 8, no dropout; lr 1e-3, 10 epochs)
-trained in a copy of softprompt's loop (same AdamW, linear schedule, clipping, seeded balanced epochs and
-batches, the task's template and verbalizer, loss on the label tokens) and scored the same way (summed
-label+EOS log-likelihood, softmax over the classes): the only difference is the adapter. `peft_guide` is the recipe
-a PEFT user starts from, PEFT's prompt-tuning guide for causal LMs (template "Tweet text : {text} Label : ", label
-names as label text, 8 virtual tokens from "Classify if the tweet is a complaint or not:", lr 3e-2, 50 epochs, batch
-8, AdamW with its default weight decay, no clipping, no class balancing), trained by softprompt's prompt tuning (the
-same model as PEFT's, tested equal in tests/test_peft_interop.py) and scored like the others (the guide classifies by
-greedy generation, which PEFT's own cached generation gets wrong, see section 1).
+trained by softprompt's recipe in the library's own epoch loop (common.fit: same AdamW, linear schedule, clipping,
+seeded balanced epochs and batches, the task's template and verbalizer, loss on the label tokens) and scored the
+same way (summed label+EOS log-likelihood, softmax over the classes): the only difference is the adapter.
+`peft_guide` is the recipe a PEFT user starts from, PEFT's prompt-tuning guide for causal LMs
+(template "Tweet text : {text} Label : ", label names as label text, 8 virtual tokens from "Classify if the tweet is
+a complaint or not:", lr 3e-2, 50 epochs, batch 8, AdamW with its default weight decay, no clipping, no class
+balancing), trained by softprompt's prompt tuning (the same model as PEFT's, tested equal in
+tests/test_peft_interop.py) and scored like the others (the guide classifies by greedy generation, which PEFT's own
+cached generation gets wrong, see section 1).
 
 Every method is shown twice: plain label scoring, and "+ prior" (softprompt.calibration): each class
 probability divided by the model's mean class probability on unlabelled inputs, then renormalised. The
@@ -32,8 +34,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import math
 import random
 import statistics
 import time
@@ -42,8 +42,8 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
+import common
+
 PROMPT_METHODS = ["prompt_tuning", "p_tuning", "prefix_tuning"]
 METHODS = PROMPT_METHODS + ["peft_guide", "lora"]
 LORA = {"r": 8, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"], "lr": 1e-3, "epochs": 10}
@@ -58,40 +58,33 @@ GUIDE_INIT_TEXT = {
 
 @dataclass(frozen=True)
 class Task:
-    name: str  # configs/NAME/METHOD.yaml
-    train: Path  # RAFT's 50 labelled rows
-    dev: Path  # labelled test rows, never trained on
-    unlabelled: Path  # RAFT's unlabelled test rows
+    name: str  # configs/NAME/METHOD.yaml; its files: ../shared/data/NAME/ (common.LOCAL_FILES)
     dev_sample: int | None = None  # score a fixed random sample of dev this large (None: all of it)
 
+    @property
+    def train(self) -> Path:  # RAFT's 50 labelled rows
+        return common.task_file("train", self.name)
+
+    @property
+    def dev(self) -> Path:  # labelled test rows, never trained on
+        return common.task_file("dev", self.name)
+
+    @property
+    def unlabelled(self) -> Path:  # RAFT's unlabelled test rows
+        return common.task_file("test", self.name)
+
     def config(self, method: str) -> Path:
-        return ROOT / "configs" / self.name / f"{method}.yaml"
+        return common.CONFIGS / self.name / f"{method}.yaml"
 
     def results(self) -> Path:
         suffix = "" if self.name == "twitter_complaints" else f"_{self.name}"
-        return ROOT / "benchmarks" / "results" / f"quality{suffix}.json"
+        return common.results_path(f"quality{suffix}.json")
 
 
 TASKS = {
-    "twitter_complaints": Task(
-        "twitter_complaints",
-        SHARED / "twitter_complaints" / "train.csv",
-        SHARED / "twitter_complaints" / "dev.csv",
-        SHARED / "twitter_complaints" / "test.csv",
-    ),
-    "tweet_eval_hate": Task(
-        "tweet_eval_hate",
-        SHARED / "tweet_eval_hate" / "raft_train.csv",
-        SHARED / "tweet_eval_hate" / "dev.csv",
-        SHARED / "tweet_eval_hate" / "raft_test.csv",
-    ),
-    "banking77": Task(
-        "banking77",
-        SHARED / "banking77" / "raft_train.csv",
-        SHARED / "banking77" / "raft_test_gold.csv",
-        SHARED / "banking77" / "raft_test.csv",
-        dev_sample=400,
-    ),
+    "twitter_complaints": Task("twitter_complaints"),
+    "tweet_eval_hate": Task("tweet_eval_hate"),
+    "banking77": Task("banking77", dev_sample=400),
 }
 TWITTER = TASKS["twitter_complaints"]
 
@@ -145,17 +138,11 @@ def peft_guide_settings(task: Task) -> dict:
 
 
 def method_config(task: Task, method: str, settings: dict):
-    """configs/TASK/METHOD.yaml with `settings` on top;
+    """configs/TASK/METHOD.yaml with `settings` on top, offline (common.local_config);
     `peft_guide`: the task's prompt-tuning config with the guide's recipe."""
-    from softprompt.training import TrainConfig
-
     if method == "peft_guide":
-        return TrainConfig.from_yaml(task.config("prompt_tuning"), {**peft_guide_settings(task), **settings})
-    return TrainConfig.from_yaml(task.config(method), settings)
-
-
-def rounded(log_probs: torch.Tensor) -> list[list[float]]:
-    return [[round(v, 5) for v in row] for row in log_probs.log_softmax(-1).tolist()]
+        return common.local_config(task.config("prompt_tuning"), {**peft_guide_settings(task), **settings})
+    return common.local_config(task.config(method), settings)
 
 
 def train_and_score(
@@ -186,14 +173,14 @@ def train_and_score(
         "seed": seed,
         "train_seconds": round(seconds, 1),
         "class_names": encoder.class_names,
-        "log_probs": rounded(scores),
+        "log_probs": common.rounded(scores),
     }
     if unlabelled:
-        run["unlabelled_log_probs"] = rounded(torch.stack(predictor.scores(list(unlabelled))))
+        run["unlabelled_log_probs"] = common.rounded(torch.stack(predictor.scores(list(unlabelled))))
     return run
 
 
-# ---- LoRA in softprompt's loop ---------------------------------------------------------------
+# ---- LoRA in softprompt's loop ---------------------------------------------------------------------------------
 def positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp_min(0)
 
@@ -234,15 +221,12 @@ def lm_label_scores(model, encoder, examples, batch_size: int = 16) -> torch.Ten
 def train_lora_and_score(
     seed: int, runs: Path, unlabelled: list[str] = (), extra: dict | None = None, task: Task = TWITTER
 ) -> dict:
-    """PEFT LoRA with softprompt.train's loop (accelerate, gradient accumulation and checkpoints aside)."""
+    """PEFT LoRA trained by softprompt's recipe in the library's own epoch loop (common.fit; checkpoints aside)."""
     from peft import LoraConfig, get_peft_model
-    from transformers import get_linear_schedule_with_warmup
 
     from softprompt.base_models import load_base_model, load_tokenizer
-    from softprompt.data import length_grouped_batches
     from softprompt.task_types.causal_lm import LabelScoring
-    from softprompt.training import TrainConfig
-    from softprompt.training.examples import epoch_examples, load_tasks_data
+    from softprompt.training.examples import load_tasks_data
 
     settings = {
         "seed": seed,
@@ -255,7 +239,7 @@ def train_lora_and_score(
         "calibration": None,
         **(extra or {}),
     }
-    config = TrainConfig.from_yaml(task.config("prompt_tuning"), settings)
+    config = common.local_config(task.config("prompt_tuning"), settings)
     started = time.time()
     torch.manual_seed(config.seed)
     tokenizer = load_tokenizer(config.model)
@@ -264,29 +248,16 @@ def train_lora_and_score(
     scoring = LabelScoring(examples)
     lora = LoraConfig(r=LORA["r"], target_modules=LORA["target_modules"], task_type="CAUSAL_LM")
     model = get_peft_model(load_base_model(config.model), lora)
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay
-    )
-    batches_per_epoch = math.ceil(len(epoch_examples(examples, config, 0)) / config.batch_size)
-    scheduler = get_linear_schedule_with_warmup(optimizer, 0, batches_per_epoch * config.epochs)
     pad = tokenizer.pad_token_id
-    for epoch in range(config.epochs):
-        torch.manual_seed(config.seed + epoch)
-        rows = epoch_examples(examples, config, epoch)
-        model.train()
-        for batch_rows in length_grouped_batches(
-            [len(e.prompt_ids) + len(e.target_ids) for e in rows], config.batch_size, config.seed + epoch
-        ):
-            batch = scoring.collate([rows[i] for i in batch_rows], pad)
-            labels = batch.pop("labels")[:, -scoring.keep :]  # rows are left-padded: the labels end every row
-            loss = model(
-                **batch, labels=labels, position_ids=positions(batch["attention_mask"]), logits_to_keep=scoring.keep
-            ).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
+
+    def loss(model, batch: dict) -> torch.Tensor:
+        inputs = {key: value for key, value in batch.items() if key != "labels"}
+        labels = batch["labels"][:, -scoring.keep :]  # rows are left-padded: the labels end every row
+        return model(
+            **inputs, labels=labels, position_ids=positions(batch["attention_mask"]), logits_to_keep=scoring.keep
+        ).loss
+
+    common.fit(model, examples, config, lambda rows: scoring.collate(rows, pad), loss, scoring.weight)
     seconds = time.time() - started
     model.save_pretrained(config.output_dir)  # PEFT's adapter files (safetensors)
     dev = [encoder.encode(row) for row in dev_rows(task)]
@@ -295,11 +266,11 @@ def train_lora_and_score(
         "seed": seed,
         "train_seconds": round(seconds, 1),
         "class_names": encoder.class_names,
-        "log_probs": rounded(lm_label_scores(model, encoder, dev)),
+        "log_probs": common.rounded(lm_label_scores(model, encoder, dev)),
     }
     if unlabelled:
         encoded = [encoder.encode({config.task.text_columns[0]: t}, labelled=False) for t in unlabelled]
-        run["unlabelled_log_probs"] = rounded(lm_label_scores(model, encoder, encoded))
+        run["unlabelled_log_probs"] = common.rounded(lm_label_scores(model, encoder, encoded))
     return run
 
 
@@ -379,24 +350,25 @@ def main() -> None:
     parser.add_argument("--results", help="results file (default: benchmarks/results/quality[_TASK].json)")
     parser.add_argument("--runs", help="where the adapters go (default: runs/quality[/TASK])")
     parser.add_argument("--table", metavar="RESULTS", help="only print the table of a results file")
+    common.add_smoke_argument(parser)
     args = parser.parse_args()
+    lora_settings = None
+    if args.smoke is not None:  # seed 42, 2 epochs, 4 unlabelled texts
+        common.start_smoke(args.smoke)
+        args.seeds, args.unlabelled, lora_settings = [42], 4, {"epochs": 2}
+        args.set = ["epochs=2", *args.set]
     task = TASKS[args.task]
-    if not (task.train.is_file() and task.dev.is_file()):
-        print(f"skipped: {task.dev.parent} is absent (the benchmark reads ../shared/data/{task.dev.parent.name})")
+    if common.absent(task.train, task.dev):
         return
     if args.table:
-        results = json.loads(Path(args.table).read_text())
+        results = common.read_json(Path(args.table))
         print(table(results["runs"], TASKS[results.get("task", "twitter_complaints")]))
         return
-    import yaml
-
     seeds = [42] if args.quick else args.seeds
-    overrides = {key: yaml.safe_load(value) for key, value in (pair.split("=", 1) for pair in args.set)}
+    overrides = common.parse_overrides(args.set)
     path = Path(args.results or task.results())
-    runs = Path(args.runs or ROOT / "runs" / "quality" / ("" if task is TWITTER else task.name))
-    results = (
-        json.loads(path.read_text()) if path.is_file() else {"task": task.name, "overrides": overrides, "runs": []}
-    )
+    runs = Path(args.runs or common.runs_folder("quality", "" if task is TWITTER else task.name))
+    results = common.read_json(path, {"task": task.name, "overrides": overrides, "runs": []})
     if results["overrides"] != overrides or results.get("task", "twitter_complaints") != task.name:
         raise SystemExit(
             f"{path} holds runs of {results.get('task', 'twitter_complaints')} "
@@ -408,12 +380,11 @@ def main() -> None:
             if any(r["method"] == method and r["seed"] == seed for r in results["runs"]):
                 continue
             if method == "lora":
-                run = train_lora_and_score(seed, runs, unlabelled, task=task)
+                run = train_lora_and_score(seed, runs, unlabelled, lora_settings, task=task)
             else:
                 run = train_and_score(method, seed, overrides, runs, unlabelled, task)
             results["runs"].append(run)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(results))
+            common.write_json(path, results)
             print(table(results["runs"], task), flush=True)
     results["summary"] = {
         f"{method} {'+ prior' if calibrated else 'plain'}": summary(mine, calibrated, task)
@@ -421,7 +392,7 @@ def main() -> None:
         for calibrated in (False, True)
         if (mine := sorted((r for r in results["runs"] if r["method"] == method), key=lambda r: r["seed"]))
     }
-    path.write_text(json.dumps(results))
+    common.write_json(path, results)
     print(table(results["runs"], task))
 
 

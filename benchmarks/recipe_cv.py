@@ -6,6 +6,7 @@
     # PEFT's guide recipe (quality.py):
     .venv/bin/python benchmarks/recipe_cv.py --task tweet_eval_hate --method peft_guide
     .venv/bin/python benchmarks/recipe_cv.py --table                             # every candidate so far
+    .venv/bin/python benchmarks/recipe_cv.py --smoke                             # seconds: a tiny model, toy rows
 
 Each candidate (configs/TASK/METHOD.yaml plus overrides) trains on one of 2 stratified folds of the 50 train rows
 (25) and scores the other, for 2 independent splits (4 runs, about one full run's CPU time), plus a fixed sample of
@@ -19,8 +20,6 @@ cached in the results file.
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import random
 import statistics
 import time
@@ -28,15 +27,10 @@ from pathlib import Path
 
 import torch
 
+import common
 from quality import TASKS, Task, method_config, task_settings, unlabelled_texts
 
-ROOT = Path(__file__).resolve().parents[1]
 CONTENT_FREE = ["N/A", "", "[MASK]"]
-
-
-def read_rows(path: Path) -> list[dict]:
-    with open(path, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
 
 
 def folds(rows: list[dict], k: int, seed: int = 0, column: str = "Label") -> list[list[int]]:
@@ -75,12 +69,7 @@ def run_fold(
     from softprompt.training import train
 
     folder = runs / f"split{repeat}-fold{fold}"
-    folder.mkdir(parents=True, exist_ok=True)
-    train_csv = folder / "train.csv"
-    with open(train_csv, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(r for i, r in enumerate(rows) if i not in set(held))
+    train_csv = common.write_rows(folder / "train.csv", [r for i, r in enumerate(rows) if i not in set(held)])
     settings = {
         "seed": 42,
         "eval_file": None,
@@ -98,7 +87,7 @@ def run_fold(
     names = predictor.row_tokenizer().class_names
 
     def log_probs(texts):
-        return [[round(v, 5) for v in row] for row in torch.stack(predictor.scores(texts)).log_softmax(-1).tolist()]
+        return common.rounded(torch.stack(predictor.scores(texts)))
 
     return {
         "repeat": repeat,
@@ -160,19 +149,20 @@ def main() -> None:
     parser.add_argument("--results", help="default: benchmarks/results/recipe_cv[_TASK].json")
     parser.add_argument("--runs", help="default: runs/recipe_cv[/TASK]")
     parser.add_argument("--table", action="store_true", help="only print the figures of the results file")
+    common.add_smoke_argument(parser)
     args = parser.parse_args()
+    if args.smoke is not None:  # 2 x 2 folds of 8 toy rows, 2 epochs, 4 unlabelled texts
+        common.start_smoke(args.smoke)
+        args.unlabelled, args.set = 4, ["epochs=2", *args.set]
     task = TASKS[args.task]
-    if not task.train.is_file():
-        print(f"skipped: {task.train} is absent")
+    if common.absent(task.train):
         return
     suffix = "" if task.name == "twitter_complaints" else f"_{task.name}"  # twitter's candidates came first
-    path = Path(args.results or ROOT / "benchmarks" / "results" / f"recipe_cv{suffix}.json")
-    runs = Path(args.runs or ROOT / "runs" / "recipe_cv" / ("" if task.name == "twitter_complaints" else task.name))
-    results = json.loads(path.read_text()) if path.is_file() else {"candidates": {}}
+    path = common.results_path(f"recipe_cv{suffix}.json", args.results)
+    runs = Path(args.runs or common.runs_folder("recipe_cv", "" if task.name == "twitter_complaints" else task.name))
+    results = common.read_json(path, {"candidates": {}})
     if not args.table:
-        import yaml
-
-        overrides = {key: yaml.safe_load(value) for key, value in (pair.split("=", 1) for pair in args.set)}
+        overrides = common.parse_overrides(args.set)
         key = f"{args.method}/{args.name}"
         settings = {"task": task.name, "folds": args.folds, "unlabelled": args.unlabelled}
         entry = results["candidates"].setdefault(
@@ -183,7 +173,7 @@ def main() -> None:
         for name, value in settings.items():  # (entries from before these were recorded: twitter, 2 folds, 200)
             if entry.get(name, {"task": "twitter_complaints", "folds": 2, "unlabelled": 200}[name]) != value:
                 raise SystemExit(f"{key} was run with {name}={entry.get(name)!r}: give another --name or --results.")
-        rows = read_rows(task.train)
+        rows = common.read_rows(task.train)
         unlabelled = unlabelled_texts(task, args.unlabelled)
         label_column = task_settings(task)[1]
         for repeat in range(args.repeats):
@@ -196,8 +186,7 @@ def main() -> None:
                 entry["runs"].append(
                     run_fold(task, args.method, overrides, repeat, fold, held, rows, unlabelled, runs / key)
                 )
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps(results))
+                common.write_json(path, results)
                 print(key, f"split {repeat} fold {fold}", scoring_options(entry["runs"]), flush=True)
     for key, entry in results["candidates"].items():
         if entry["runs"]:

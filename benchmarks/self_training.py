@@ -1,6 +1,7 @@
 """Self-training on twitter_complaints: an ensemble labels unlabelled tweets, a new prompt trains on both.
 
     .venv/bin/python benchmarks/self_training.py          # ~25 min after benchmarks/quality.py (~45 min)
+    .venv/bin/python benchmarks/self_training.py --smoke  # seconds: a tiny model, toy rows, 2 teachers, 1 student
 
 1. Teacher: the five seeds' adapters of benchmarks/quality.py for --method (trained there if missing).
 2. Pool: --pool tweets of the unlabelled RAFT test split, minus every tweet of dev.csv (so the
@@ -13,22 +14,16 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import random
 from pathlib import Path
 
 import torch
 
-from quality import ROOT, TWITTER, dev_gold, metrics, train_and_score
+import common
+from quality import TWITTER, dev_gold, metrics, train_and_score
 
-DEV = TWITTER.dev
-DATA = DEV.parent
-
-
-def read_csv(path: Path) -> list[dict]:
-    with open(path, newline="") as file:
-        return list(csv.DictReader(file))
+TEACHER_SEEDS = [42, 43, 44, 45, 46]
 
 
 def main() -> None:
@@ -38,21 +33,26 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=150)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--students", nargs="+", type=int, default=[42, 43, 44])
-    parser.add_argument("--runs", default=str(ROOT / "runs" / "quality"))
+    parser.add_argument("--runs", help="quality.py's adapters (default: runs/quality)")
+    common.add_smoke_argument(parser)
     args = parser.parse_args()
-    if not DEV.is_file():
-        print(f"skipped: {DATA} is absent (the benchmark reads ../shared/data/twitter_complaints)")
+    teacher_seeds, teacher_settings = TEACHER_SEEDS, {}
+    if args.smoke is not None:  # 2 teachers and 1 student of 2 epochs, 2 pseudo-labelled rows a class
+        common.start_smoke(args.smoke)
+        teacher_seeds, teacher_settings = TEACHER_SEEDS[:2], {"epochs": 2}
+        args.pool, args.per_class, args.epochs, args.students = 16, 2, 2, [42]
+    if common.absent(TWITTER.train, TWITTER.dev, TWITTER.unlabelled):
         return
     from softprompt import Predictor
 
-    runs = Path(args.runs)
-    teachers = [runs / f"{args.method}-seed{seed}" / "adapter" for seed in (42, 43, 44, 45, 46)]
-    for seed, adapter in zip((42, 43, 44, 45, 46), teachers):
+    runs = Path(args.runs or common.runs_folder("quality"))
+    teachers = [runs / f"{args.method}-seed{seed}" / "adapter" for seed in teacher_seeds]
+    for seed, adapter in zip(teacher_seeds, teachers):
         if not adapter.is_dir():
-            train_and_score(args.method, seed, {}, runs)
+            train_and_score(args.method, seed, teacher_settings, runs)
 
-    dev_texts = {row["Tweet text"] for row in read_csv(DEV)}
-    pool = [row for row in read_csv(DATA / "test.csv") if row["Tweet text"] not in dev_texts]
+    dev_texts = {row["Tweet text"] for row in common.read_rows(TWITTER.dev)}
+    pool = [row for row in common.read_rows(TWITTER.unlabelled) if row["Tweet text"] not in dev_texts]
     random.Random(0).shuffle(pool)
     pool = pool[: args.pool]
     predictor = Predictor.from_pretrained([str(t) for t in teachers], device="cpu")  # one base model, five prompts
@@ -63,12 +63,8 @@ def main() -> None:
     label_ids = {"complaint": 1, "no complaint": 2}  # the dataset's ClassLabel ids
     pseudo = [{**pool[i], "Label": label_ids["complaint"]} for i in order[: args.per_class]]
     pseudo += [{**pool[i], "Label": label_ids["no complaint"]} for i in order[-args.per_class :]]
-    train_rows = read_csv(DATA / "train.csv") + pseudo
-    combined = runs / f"self_training_{args.method}.csv"
-    with open(combined, "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=["Tweet text", "ID", "Label"])
-        writer.writeheader()
-        writer.writerows({key: row[key] for key in ("Tweet text", "ID", "Label")} for row in train_rows)
+    train_rows = common.read_rows(TWITTER.train) + pseudo
+    combined = common.write_rows(runs / f"self_training_{args.method}.csv", train_rows, ["Tweet text", "ID", "Label"])
 
     students = [
         train_and_score(args.method, seed, {"train_file": str(combined), "epochs": args.epochs}, runs / "self_training")
@@ -87,8 +83,7 @@ def main() -> None:
         "students": [{"seed": s["seed"], **m} for s, m in zip(students, single)],
         "student_ensemble": metrics(gold, averaged, names),
     }
-    out = ROOT / "benchmarks" / "results" / f"self_training_{args.method}.json"
-    out.write_text(json.dumps(result, indent=1))
+    common.write_json(common.results_path(f"self_training_{args.method}.json"), result, indent=1)
     print(json.dumps(result, indent=1))
 
 

@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/serve.py            # 1/10/100 adapters x 1/8/32 clients x classify/generate (~25 min)
     .venv/bin/python benchmarks/serve.py --quick    # fewer requests, 1 and 100 adapters (~8 min)
     .venv/bin/python benchmarks/serve.py --table benchmarks/results/serve.json
+    .venv/bin/python benchmarks/serve.py --smoke    # seconds: a tiny model, 2 adapters, 4 requests a cell
 
 SmolLM2-135M (fp32, this CPU) with K prompt-tuning adapters (those of benchmarks/multi_adapter.py: two
 trained, the rest perturbed copies), twitter_complaints dev tweets spread uniformly over the adapters.
@@ -20,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import platform
 import socket
 import statistics
 import subprocess
@@ -28,9 +28,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from multi_adapter import DATA, make_adapters, spread, train_real_adapters  # noqa: E402
+import common
+from common import ROOT
+from multi_adapter import MODEL, make_adapters, spread, train_real_adapters
 
 QUESTION = "Tweet: {text}\nQuestion: Is the author of this tweet complaining about a product or service?\nAnswer:"
 
@@ -139,14 +139,15 @@ def peft_server(port: int, adapters_file: str) -> None:
 
     adapters = json.loads(Path(adapters_file).read_text())
     items = list(adapters.items())
-    tokenizer = load_tokenizer("smollm2-135m")
+    tokenizer = load_tokenizer(common.model_name(MODEL))
     model = peft.PeftModel.from_pretrained(
-        load_base_model("smollm2-135m"), items[0][1], adapter_name=items[0][0]
+        load_base_model(common.model_name(MODEL)), items[0][1], adapter_name=items[0][0]
     ).eval()
     for name, path in items[1:]:
         model.load_adapter(path, adapter_name=name)
     task = load_task(items[0][1], tokenizer)
     targets = [task.target_ids(k) for k in range(len(task.class_names))]
+    pad = tokenizer.pad_token_id
     lock = threading.Lock()  # one adapter active at a time: requests take turns
     app = FastAPI()
 
@@ -159,7 +160,9 @@ def peft_server(port: int, adapters_file: str) -> None:
         prompt = task.encode({"Tweet text": body["input"][0]}, labelled=False).prompt_ids
         with lock, torch.no_grad():
             model.set_adapter(body["model"])
-            ids = torch.tensor([prompt + t for t in targets])  # both labels, one batch (same length here)
+            # both labels in one batch; right-padded where their lengths differ (the pads follow what is scored)
+            width = len(prompt) + max(len(t) for t in targets)
+            ids = torch.tensor([prompt + t + [pad] * (width - len(prompt) - len(t)) for t in targets])
             logprobs = model(input_ids=ids).logits[:, -ids.shape[1] :].float().log_softmax(-1)
             scores = [
                 float(logprobs[k, len(prompt) - 1 + torch.arange(len(t)), torch.tensor(t)].sum())
@@ -242,33 +245,32 @@ def main() -> None:
     parser.add_argument("--adapters", type=int, nargs="+", default=[1, 10, 100])
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--tasks", nargs="+", default=["classify", "generate"])
-    parser.add_argument("--runs", default=str(ROOT / "runs" / "multi_adapter"))
+    parser.add_argument("--runs", help="the adapters of multi_adapter.py (default: runs/multi_adapter)")
     parser.add_argument("--table")
     parser.add_argument("--peft-server", nargs=2, metavar=("PORT", "ADAPTERS_JSON"), help=argparse.SUPPRESS)
+    common.add_smoke_argument(parser)
     args = parser.parse_args()
     if args.peft_server:
         peft_server(int(args.peft_server[0]), args.peft_server[1])
         return
     if args.table:
-        print(table(json.loads(Path(args.table).read_text())))
+        print(table(common.read_json(Path(args.table))))
         return
-    if not (DATA / "dev.csv").is_file():
-        print(f"skipped: {DATA} is absent (the benchmark reads ../shared/data/twitter_complaints)")
+    epochs = 3
+    if args.smoke is not None:  # 2 adapters trained for 2 epochs, 4 requests a cell, 1 and 2 clients
+        common.start_smoke(args.smoke)
+        args.requests, args.adapters, args.clients, epochs = 4, [2], [1, 2], 2
+    dev_file = common.task_file("dev")
+    if common.absent(dev_file):
         return
-    import torch
-
     from softprompt.data import load_table
 
     if args.quick:
         args.requests, args.adapters = 48, [1, 100]
-    tweets = [r["Tweet text"] for r in load_table(str(DATA / "dev.csv")).rows][: args.requests]
-    runs = Path(args.runs)
-    folders = make_adapters(train_real_adapters(runs, 3), max(args.adapters), runs / "adapters")
-    results = {
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-        "requests": len(tweets),
-        "rows": [],
-    }
+    tweets = [r["Tweet text"] for r in load_table(str(dev_file)).rows][: args.requests]
+    runs = Path(args.runs or common.runs_folder("multi_adapter"))
+    folders = make_adapters(train_real_adapters(runs, epochs), max(args.adapters), runs / "adapters")
+    results = {"machine": common.machine_line(), "requests": len(tweets), "rows": []}
     for k in args.adapters:
         adapters = dict(list(folders.items())[:k])
         names = spread(len(tweets), k)
@@ -282,7 +284,7 @@ def main() -> None:
             if extra is None:
                 command = [
                     sys.executable,
-                    "benchmarks/serve.py",
+                    __file__,
                     "--peft-server",
                     str(port),
                     str(runs / "serve-adapters.json"),
@@ -326,8 +328,7 @@ def main() -> None:
                         **{way: measured[(task, clients, way)] for way in ("mixed", "per_adapter", "peft")},
                     }
                 )
-    output = ROOT / "benchmarks" / "results" / f"serve{'_quick' if args.quick else ''}.json"
-    output.write_text(json.dumps(results, indent=1))
+    common.write_json(common.results_path(f"serve{'_quick' if args.quick else ''}.json"), results, indent=1)
     print(table(results))
 
 
