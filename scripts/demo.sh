@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set up (if needed), then train a prompt-tuning adapter on the bundled demo data with the offline
-# default model (SmolLM2-135M), print dev accuracy, and classify two new messages.
+# Set up (if needed), then train a prompt on the bundled customer messages with an offline model (by default
+# the encoder all-MiniLM-L6-v2 with a classification head; --route causal-lm: SmolLM2-135M-Instruct), print its
+# accuracy on held-out messages, and classify eight new ones.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

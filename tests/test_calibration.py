@@ -148,3 +148,10 @@ def test_server_classify_applies_the_stored_prior(calibrated_run):
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
     predictor.use_calibration = False
     assert not torch.allclose(got, predictor.probabilities(TEXTS), atol=1e-4)
+
+
+def test_a_missing_calibration_file_fails_before_training_naming_the_setting(tmp_path):
+    config = TrainConfig.from_dict(run_config(tmp_path, calibration={"texts_file": str(tmp_path / "none.csv")}))
+    with pytest.raises(ValueError, match=r"calibration\.texts_file"):
+        train(config)
+    assert not (tmp_path / "run" / "checkpoint").exists()  # no epoch was spent first

@@ -89,10 +89,13 @@ def read_calibration(location: str | os.PathLike, class_names: list[str] | None 
     return torch.tensor(prior)
 
 
-def read_texts(source: str, column: str | None = None, limit: int | None = DEFAULT_LIMIT, seed: int = 0) -> list[str]:
-    """Texts of one column of a local table (CSV/TSV/JSON/JSONL/Parquet; by default its first column);
-    with `limit`, a seeded random sample of that many rows (the same for every run)."""
-    rows = load_table(str(source)).rows
+def read_texts(
+    source, column: str | None = None, limit: int | None = DEFAULT_LIMIT, seed: int = 0, field: str = "texts_file"
+) -> list[str]:
+    """Texts of one column of a table (a file, hf://datasets/... files, or rows from Python; by default its first
+    column); with `limit`, a seeded random sample of that many rows (the same for every run). `field` names the
+    setting that gave `source`, for the error messages."""
+    rows = load_table(source, field=field).rows
     if not rows:
         raise DataError(f"{source} has no rows to calibrate on.")
     column = column or next(iter(rows[0]))

@@ -395,19 +395,21 @@ class Predictor:
 
 def calibrate_adapter_folder(
     adapter_dir: str | os.PathLike,
-    texts_file: str,
+    texts_file=None,
     column: str | None = None,
     limit: int | None = DEFAULT_LIMIT,
     device=None,
     base_model: str | None = None,
     dtype=None,
+    texts: list[str] | None = None,
 ) -> torch.Tensor:
-    """Estimate a saved adapter's class prior on unlabelled texts (a column of a table; default: its task's first
-    text column; `limit`: a seeded sample of that many) and store it in its folder (calibration.json)."""
+    """Estimate a saved adapter's class prior on unlabelled texts and store it in its folder (calibration.json): the
+    `texts` given, or a column of `texts_file` (default: the task's first text column; `limit`: a seeded sample)."""
     predictor = Predictor.from_pretrained(str(adapter_dir), base_model=base_model, device=device, dtype=dtype)
     predictor.use_calibration = False
     task = predictor.row_tokenizer()
-    texts = read_texts(texts_file, column or task.spec.text_columns[0], limit)
+    if texts is None:
+        texts = read_texts(texts_file, column or task.spec.text_columns[0], limit, field="texts_file")
     prior = predictor.fit_calibration(texts)
-    write_calibration(adapter_dir, task.class_names, prior, str(texts_file), len(texts))
+    write_calibration(adapter_dir, task.class_names, prior, str(texts_file or "texts"), len(texts))
     return prior

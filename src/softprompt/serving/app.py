@@ -20,10 +20,13 @@ import time
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..inference import Predictor, name_adapters
+from ..version import __version__
 from . import admin, classify, metrics, openai
-from .schemas import APIError, error_response
+from .schemas import DESCRIPTION, UNSUPPORTED, APIError, error_response, errors
 from .service import Service
 
 
@@ -44,28 +47,69 @@ def create_app(
         yield
         await asyncio.to_thread(service.engine.stop)  # in-flight jobs finish first
 
-    app = FastAPI(title="softprompt", lifespan=lifespan)
+    app = FastAPI(title="softprompt", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.service = service
     for module in (openai, classify, admin, metrics):
         app.include_router(module.router)
     app.add_exception_handler(APIError, api_error)
     app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(StarletteHTTPException, http_error)
     app.middleware("http")(authenticate_and_count)
+    app.openapi = lambda: openapi_schema(app, api_key is not None)
     return app
+
+
+def openapi_schema(app: FastAPI, with_key: bool) -> dict:
+    """FastAPI's schema, made true to the answers: invalid requests are 400 in OpenAI's error format (FastAPI
+    documents 422, which this server never answers), and with an API key every endpoint but /health may be 401."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        components = schema.setdefault("components", {})
+        for name in ("HTTPValidationError", "ValidationError"):
+            components.get("schemas", {}).pop(name, None)
+        unauthorized = errors(401)[401]
+        for path, operations in schema["paths"].items():
+            for operation in operations.values():
+                operation["responses"].pop("422", None)
+                if with_key and path != "/health":
+                    operation["security"] = [{"apiKey": []}]
+                    operation["responses"]["401"] = {
+                        "description": unauthorized["description"],
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+                    }
+        if with_key:
+            components["securitySchemes"] = {"apiKey": {"type": "http", "scheme": "bearer"}}
+        app.openapi_schema = schema
+    return app.openapi_schema
 
 
 async def api_error(request: Request, error: APIError):
     return error_response(error.status, error.message, error.param, error.kind)
 
 
+async def http_error(request: Request, error: StarletteHTTPException):
+    """Starlette's own answers (an unknown path, a method not allowed), in OpenAI's error format."""
+    kind = "NotFoundError" if error.status_code == 404 else "invalid_request_error"
+    return error_response(error.status_code, str(error.detail), None, kind, headers=getattr(error, "headers", None))
+
+
 async def invalid_request(request: Request, error: RequestValidationError):
-    """A body that does not parse or does not fit the schema: 400 naming the first field at fault."""
-    first = error.errors()[0]
-    location = [str(part) for part in first.get("loc", ()) if part != "body"]
+    """A body that does not parse or does not fit the schema: 400 naming the field at fault."""
+    problems = error.errors()
+    first = problems[0]
     if first.get("type") == "json_invalid":
         return error_response(400, f"The request body is not valid JSON: {first.get('msg')}.", None)
-    field = ".".join(location) or None
-    return error_response(400, f"Invalid field {field!r}: {first.get('msg')}." if field else first.get("msg"), field)
+    location = [part for part in first.get("loc", ()) if part != "body"]
+    if not location or not isinstance(location[0], str):
+        return error_response(400, f"The request body must be a JSON object: {first.get('msg')}.")
+    field = location[0]
+    if field in UNSUPPORTED:
+        return error_response(400, f"{field!r} is not supported by softprompt serve; leave it out.", field)
+    # of the problems with this field, the one deepest inside it says most (e.g. prompt[1], not the whole list)
+    same = [p for p in problems if [x for x in p.get("loc", ()) if x != "body"][:1] == [field]]
+    deepest = max(same, key=lambda p: len(p.get("loc", ())))
+    where = field + "".join(f"[{part}]" for part in deepest["loc"] if isinstance(part, int))
+    return error_response(400, f"Invalid field {where!r}: {deepest.get('msg')}.", field)
 
 
 async def authenticate_and_count(request: Request, call_next):

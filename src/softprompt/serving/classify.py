@@ -6,13 +6,14 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from ..inference.engine import ScoreJob
-from .schemas import APIError, ClassifyRequest
+from . import responses
+from .schemas import APIError, ClassifyRequest, errors
 from .service import Service
 
 router = APIRouter()
 
 
-@router.post("/v1/classify")
+@router.post("/v1/classify", response_model=responses.ClassifyResponse, responses=errors(400, 404))
 async def classify(body: ClassifyRequest, request: Request):
     service: Service = request.app.state.service
     predictor = service.predictor

@@ -55,6 +55,10 @@ class Metrics:
 router = APIRouter()
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={200: {"description": "Prometheus' text format (text/plain; version=0.0.4)."}},
+)
 async def metrics_text(request: Request):
     return PlainTextResponse(request.app.state.service.metrics.text(), media_type="text/plain; version=0.0.4")

@@ -1,17 +1,21 @@
 """Request bodies of the server's endpoints, and its errors in OpenAI's format.
 
-Unknown fields in a request are accepted and ignored (clients send extras), except the ones listed in
-UNSUPPORTED, which are refused by name rather than silently dropped.
+Unknown fields in a request are accepted and ignored (clients send extras), except the ones in UNSUPPORTED: OpenAI
+fields that would change the answer. They are declared with the only values that leave the answer unchanged (null
+or their default), so the OpenAPI schema says which values pass; any other value is refused with a 400 naming
+the field, rather than silently dropped.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-UNSUPPORTED = ("logprobs", "top_logprobs", "echo", "best_of", "suffix", "tools", "functions", "response_format")
+MAX_CHOICES = 128  # n per prompt, OpenAI's limit
+StopText = Annotated[str, Field(min_length=1)]
+SEED = Field(default=None, ge=-(2**63), le=2**63 - 1, description="Makes sampling repeatable.")
 
 
 class APIError(Exception):
@@ -22,46 +26,159 @@ class APIError(Exception):
         self.status, self.message, self.param, self.kind = status, message, param, kind
 
 
-def error_response(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error"):
+def error_response(
+    status: int, message: str, param: str | None = None, kind: str = "invalid_request_error", headers=None
+):
     return JSONResponse(
-        {"error": {"message": message, "type": kind, "param": param, "code": status}}, status_code=status
+        {"error": {"message": message, "type": kind, "param": param, "code": status}},
+        status_code=status,
+        headers=headers,
     )
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str = Field(description="invalid_request_error, NotFoundError, authentication_error, permission_error")
+    param: str | None = Field(description="The request field at fault, when one is.")
+    code: int = Field(description="The HTTP status.")
+
+
+class ErrorResponse(BaseModel):
+    """Every error answer, as OpenAI writes them."""
+
+    error: ErrorDetail
+
+
+ERROR_MEANINGS = {
+    400: "A field is invalid or unsupported (`param` names it), or the body is not JSON.",
+    401: "Missing or wrong API key (servers started with --api-key).",
+    403: "Loading/unloading adapters needs a server started with --api-key.",
+    404: "The model (or adapter) named is not loaded.",
+}
+
+
+def errors(*statuses: int) -> dict:
+    """The `responses=` of a route: the error statuses it answers, with the error body."""
+    return {status: {"model": ErrorResponse, "description": ERROR_MEANINGS[status]} for status in statuses}
+
+
+def off(meaning: str):
+    """A refused field, accepted only at null or the values that mean 'off'."""
+    return Field(default=None, description=f"Not supported: refused unless null or {meaning}.")
+
+
+class RefusedFields(BaseModel):
+    """OpenAI's fields that softprompt serve does not implement: accepted only at a value that changes nothing."""
+
+    logprobs: Literal[False, 0] | None = off("false/0")
+    top_logprobs: Literal[0] | None = off("0")
+    echo: Literal[False] | None = off("false")
+    best_of: Literal[1] | None = off("1")
+    suffix: Literal[""] | None = off('""')
+    tools: Annotated[list, Field(max_length=0)] | None = off("[]")
+    functions: Annotated[list, Field(max_length=0)] | None = off("[]")
+    response_format: ResponseFormatText | None = off('{"type": "text"}')
+    logit_bias: Annotated[dict, Field(max_length=0)] | None = off("{}")
+    presence_penalty: Literal[0] | None = off("0")
+    frequency_penalty: Literal[0] | None = off("0")
+
+
+class ResponseFormatText(BaseModel):
+    type: Literal["text"]
+
+
+RefusedFields.model_rebuild()
+UNSUPPORTED = tuple(RefusedFields.model_fields)
 
 
 class ModelRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
-    model: str
+    model: str = Field(description="An adapter's name, or the base model's (GET /v1/models lists them).")
 
 
-class GenerationRequest(ModelRequest):
-    max_tokens: int | None = Field(default=16, ge=1)
-    temperature: float | None = Field(default=1.0, ge=0.0, le=2.0)
+class GenerationRequest(ModelRequest, RefusedFields):
+    max_tokens: int | None = Field(default=16, ge=1, description="Tokens to generate at most (default 16).")
+    temperature: float | None = Field(default=1.0, ge=0.0, le=2.0, description="0: greedy.")
     top_p: float | None = Field(default=1.0, gt=0.0, le=1.0)
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    stream: bool = False
-    n: int = Field(default=1, ge=1, le=1)
+    n: int | None = Field(default=1, ge=1, le=MAX_CHOICES, description="Choices per prompt.")
+    stop: StopText | Annotated[list[StopText], Field(max_length=4)] | None = Field(
+        default=None, description="Up to 4 strings; the text ends before the first one."
+    )
+    seed: int | None = SEED
+    stream: bool | None = Field(default=False, description="Server-sent events as the tokens come.")
+    stream_options: dict | None = Field(default=None, description="Accepted and ignored: usage is always sent.")
+    user: str | None = Field(default=None, description="Accepted and ignored.")
+
+    @property
+    def choices(self) -> int:
+        return self.n or 1
+
+
+PromptText = Annotated[str, Field(min_length=1)]
 
 
 class CompletionRequest(GenerationRequest):
-    prompt: str | list[str]
+    prompt: PromptText | Annotated[list[PromptText], Field(min_length=1)] = Field(
+        description="A text, or a list of texts (one choice or `n` choices each). Token-id prompts are refused."
+    )
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: str | list[dict] | None = None
+    content: str | list[dict] | None = Field(default=None, description="Text, or parts (only text parts are read).")
 
 
 class ChatRequest(GenerationRequest):
     messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1, description="OpenAI's newer name for max_tokens.")
 
 
 class ClassifyRequest(ModelRequest):
-    input: str | dict[str, str] | list[str | dict[str, str]]
+    input: str | dict[str, str] | Annotated[list[str | dict[str, str]], Field(min_length=1)] = Field(
+        description="A text, a row (column -> text), or a list of them."
+    )
+
+
+IGNORED = ("user", "stream_options", "lora_int_id")
+
+DESCRIPTION = f"""Many soft prompts (adapters) on one frozen model, OpenAI-compatible. `model` names an adapter, or the
+base model itself, as vLLM does for LoRA adapters (GET /v1/models lists them).
+
+**Supported request fields** of /v1/completions and /v1/chat/completions: `model`, `prompt` (a text or a list of
+texts) or `messages`, `max_tokens` (chat: also `max_completion_tokens`), `temperature` (0: greedy), `top_p`, `n`
+(up to {MAX_CHOICES} choices per prompt; choice `prompt_index * n + k`), `stop` (up to 4 strings), `seed` (choice
+k samples as n=1 would with `seed + k`), `stream` (server-sent events, any number of prompts and choices).
+
+**Accepted and ignored**: {", ".join(f"`{name}`" for name in IGNORED)}, and any field not named here (vLLM's extra
+sampling parameters such as `top_k`, `min_p` or `repetition_penalty` included: they are not applied).
+
+**Refused** with a 400 naming the field, unless null or their neutral value:
+{", ".join(f"`{name}`" for name in UNSUPPORTED)}. Token-id prompts (lists of integers) are refused too.
+
+**Errors** are OpenAI's: `{{"error": {{"message", "type", "param", "code"}}}}`, with `param` naming the field at fault.
+"""
+
+
+class LoadLoRAAdapterRequest(BaseModel):
+    """vLLM's body for /v1/load_lora_adapter."""
+
+    model_config = ConfigDict(extra="allow")
+    lora_name: str = Field(min_length=1, description="The name requests will give as `model`.")
+    lora_path: str = Field(min_length=1, description="A folder written by softprompt train, or a Hub id.")
+
+
+class UnloadLoRAAdapterRequest(BaseModel):
+    """vLLM's body for /v1/unload_lora_adapter (`lora_int_id` is accepted and ignored)."""
+
+    model_config = ConfigDict(extra="allow")
+    lora_name: str = Field(min_length=1)
+    lora_int_id: int | None = None
 
 
 class LoadAdapterRequest(BaseModel):
+    """The body of the deprecated /v1/load_adapter and /v1/unload_adapter (lora_* or adapter_* names)."""
+
     model_config = ConfigDict(extra="forbid")
     lora_name: str | None = None
     lora_path: str | None = None

@@ -5,12 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 
+from ..config import PromptLearningConfig
 from ..errors import UnknownAdapterError
 from ..inference import Predictor
-from ..inference.engine import Engine, GenerateJob
+from ..inference.engine import CallJob, Engine, GenerateJob
 from .metrics import Metrics
-from .schemas import UNSUPPORTED, APIError, GenerationRequest
+from .schemas import APIError, GenerationRequest
+
+
+@dataclass
+class Choices:
+    """An engine job and the choice indices its answer fills (several: greedy choices of one prompt)."""
+
+    job: GenerateJob
+    indices: Sequence[int]
 
 
 class Service:
@@ -33,14 +44,14 @@ class Service:
         context = predictor.model.base_model.config.get_text_config()
         self.context_length = getattr(context, "max_position_embeddings", None) or getattr(context, "n_positions", None)
 
-    def adapter_for(self, model: str) -> str | None:
+    def adapter_for(self, model: str, param: str = "model") -> str | None:
         """The adapter a request's `model` names; None for the base model. 404 for anything else."""
         if model in self.predictor.adapter_names:
             return model
         if model == self.base_name:
             return None
         loaded = [self.base_name, *self.predictor.adapter_names]
-        raise APIError(404, f"The model {model!r} does not exist. Loaded: {loaded}.", "model", "NotFoundError")
+        raise APIError(404, f"The model {model!r} does not exist. Loaded: {loaded}.", param, "NotFoundError")
 
     async def run(self, job):
         """Submit a job to the engine and wait for its result; a job's own error becomes a 4xx."""
@@ -63,19 +74,54 @@ class Service:
                 "max_tokens" if len(prompt) + virtual < self.context_length else "prompt",
             )
 
-    def generation_job(self, body: GenerationRequest, prompt: list[int], adapter: str | None) -> GenerateJob:
-        """The engine job of a completion or chat request."""
-        for name in UNSUPPORTED:
-            if (body.model_extra or {}).get(name):
-                raise APIError(400, f"{name!r} is not supported by softprompt serve; leave it out.", name)
-        max_tokens = body.max_tokens or 16
-        self.check_length(prompt, adapter, max_tokens)
+    def generation_jobs(
+        self, body: GenerationRequest, prompts: list[list[int]], adapter: str | None, max_tokens: int
+    ) -> list[Choices]:
+        """The engine jobs of a completion or chat request: one job per prompt and choice, so they batch with other
+        requests'. Greedy choices of one prompt are equal: one job computes them all."""
+        for p, prompt in enumerate(prompts):
+            if not prompt:
+                raise APIError(400, f"Prompt {p} is empty once tokenized: send some text.", "prompt")
+            self.check_length(prompt, adapter, max_tokens)
         temperature = 1.0 if body.temperature is None else body.temperature
         settings = {"do_sample": temperature > 0}
         if temperature > 0:
             settings.update(temperature=temperature, top_p=1.0 if body.top_p is None else body.top_p, top_k=None)
         stop = [body.stop] if isinstance(body.stop, str) else body.stop
-        return GenerateJob(prompt, adapter, max_tokens, settings, stop or None, body.seed)
+        n, jobs = body.choices, []
+        for p, prompt in enumerate(prompts):
+            copies = [range(p * n, p * n + n)] if temperature == 0 else [[p * n + k] for k in range(n)]
+            for k, indices in enumerate(copies):
+                seed = None if body.seed is None else body.seed + k  # choice k: the answer n=1 gives with seed+k
+                jobs.append(Choices(GenerateJob(prompt, adapter, max_tokens, settings, stop or None, seed), indices))
+        return jobs
+
+    async def load_adapter(self, name: str, path: str) -> None:
+        """Load an adapter at run time (between batches, on the engine's thread). 400 with the reason if it fails."""
+        self.require_admin()
+        if name == self.base_name or name in self.predictor.adapter_names:
+            raise APIError(
+                400, f"An adapter named {name!r} is already loaded: unload it first, or pick another name.", "lora_name"
+            )
+        try:
+            await asyncio.to_thread(PromptLearningConfig.from_pretrained, path)  # a bad path fails off the engine
+            await self.run(CallJob(lambda: self.predictor.load_adapter(path, name)))
+        except APIError as error:
+            raise APIError(
+                400, f"Could not load adapter {name!r} from {path!r}: {error.message}", "lora_path"
+            ) from error
+        except Exception as error:  # noqa: BLE001 - whatever the files held, the request named them
+            raise APIError(400, f"Could not load adapter {name!r} from {path!r}: {error}", "lora_path") from error
+
+    async def unload_adapter(self, name: str) -> None:
+        self.require_admin()
+        self.adapter_for(name, "lora_name")  # 404 if unknown
+        if name == self.base_name:
+            raise APIError(400, "The base model cannot be unloaded.", "lora_name")
+        try:
+            await self.run(CallJob(lambda: self.predictor.unload_adapter(name)))
+        except APIError as error:
+            raise APIError(error.status, error.message, "lora_name", error.kind) from error
 
     def require_admin(self) -> None:
         if self.api_key is None:

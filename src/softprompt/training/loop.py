@@ -26,6 +26,7 @@ from ..core import PeftModel, get_peft_model
 from ..data import length_grouped_batches
 from ..errors import TrainingDiverged
 from ..inference import calibrate_adapter_folder
+from ..inference.calibration import read_texts
 from ..task_types.base import TaskBehaviour
 from .checkpoints import read_state, restore_optimizer, restore_prompt, save_checkpoint, write_adapter
 from .config import TrainConfig
@@ -50,6 +51,7 @@ class Run:
     history: list[dict]
     best: dict | None
     start_epoch: int
+    calibration_texts: list[str] | None = None  # read before training, so a bad calibration setting fails first
 
     @property
     def out(self) -> Path:
@@ -85,11 +87,9 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
             break
     accelerator.wait_for_everyone()
     adapter_dir = run.out / "adapter"
-    if main and config.calibration and adapter_dir.is_dir():
-        calibration = config.calibration
-        calibrate_adapter_folder(
-            adapter_dir, calibration.texts_file, calibration.column, calibration.limit, accelerator.device
-        )
+    if main and run.calibration_texts is not None and adapter_dir.is_dir():
+        source = config.calibration.texts_file
+        calibrate_adapter_folder(adapter_dir, source, device=accelerator.device, texts=run.calibration_texts)
     accelerator.end_training()
     return run.history[-1] if run.history else {}
 
@@ -106,6 +106,11 @@ def prepare(config: TrainConfig, accelerator, resume: bool) -> Run:
     torch.manual_seed(config.seed)
     tokenizer = base_models.load_tokenizer(config.model)
     parts = load_tasks_data(config, tokenizer)
+    calibration_texts = None
+    if config.calibration and main:
+        settings = config.calibration
+        column = settings.column or parts[0].rows.spec.text_columns[0]
+        calibration_texts = read_texts(settings.texts_file, column, settings.limit, field="calibration.texts_file")
     if main:
         report_truncation(parts)
     train_examples = [example for part in parts for example in part.train]
@@ -149,6 +154,7 @@ def prepare(config: TrainConfig, accelerator, resume: bool) -> Run:
         state["history"] if state else [],
         state["best"] if state else None,
         state["epoch"] if state else 0,
+        calibration_texts,
     )
 
 
@@ -211,7 +217,8 @@ def fit_epoch(
         weight = weight_fn(batch)
         loss_sum += loss.detach() * weight
         weight_sum += weight
-        shown.set_postfix(loss=f"{loss.item():.3f}")
+        if progress:  # .item() waits for the device: only when someone reads it
+            shown.set_postfix(loss=f"{loss.item():.3f}")
     loss_sum, weight_sum = accelerator.reduce(loss_sum), accelerator.reduce(weight_sum)
     return (loss_sum / weight_sum).item()
 
