@@ -29,6 +29,7 @@ SMOKE = {
     "probe": "probe.json",
     "channel": "channel.json",
     "multi_adapter": "multi_adapter.json",
+    "gpu": "gpu.json",
 }
 
 
@@ -176,3 +177,15 @@ def test_serve(smoke):
 def test_smoke_runs_write_nothing_into_benchmarks_results(smoke):
     smoke.wait_all()
     assert results_files() == smoke.before
+
+
+def test_gpu(smoke):
+    results = smoke("gpu")
+    assert [r["shape"] for r in results["shapes"]] == ["smollm2-1.7b", "qwen2.5-1.5b"]  # a Llama and a Qwen2
+    for shape in results["shapes"]:
+        assert set(shape["training"]) == {
+            f"{m}/{lib}" for m in ("prompt_tuning", "prefix_tuning") for lib in ("peft", "softprompt")
+        }
+        assert all(run["tokens_per_s"] > 0 and run["peak_memory_mb"] > 0 for run in shape["training"].values())
+        assert set(shape["serving"]) == {"1/peft", "1/softprompt", "4/peft", "4/softprompt"}
+        assert all(rows > 0 for rows in shape["serving"].values())
