@@ -1,6 +1,6 @@
 """Dev-set quality of the shipped configs of a RAFT task and of PEFT LoRA, over seeds, with their ensembles.
 
-    .venv/bin/python benchmarks/quality.py                # twitter_complaints: 3 prompt methods + LoRA x 5 seeds (~1 h)
+    .venv/bin/python benchmarks/quality.py                # twitter_complaints: 3 prompt methods, guide, LoRA; 5 seeds
     .venv/bin/python benchmarks/quality.py --task tweet_eval_hate --methods prompt_tuning lora
     .venv/bin/python benchmarks/quality.py --quick        # seed 42 only (reuses whatever is cached)
     .venv/bin/python benchmarks/quality.py --table benchmarks/results/quality.json

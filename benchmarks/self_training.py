@@ -8,7 +8,7 @@
    evaluation tweets are never seen, labelled or not).
 3. The teacher ensemble's most confident --per-class tweets of each class become pseudo-labelled rows.
 4. Students: the same config trained on the 50 labelled + pseudo-labelled rows for --epochs epochs
-   (seeds 42 43 44), each scored on dev; then their ensemble. Results: results/self_training.json.
+   (seeds 42 43 44), each scored on dev; then their ensemble. Results: results/self_training_METHOD.json.
 """
 
 from __future__ import annotations
