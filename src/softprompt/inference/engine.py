@@ -96,6 +96,9 @@ class Engine:
         self.thread = threading.Thread(target=self.run, name="softprompt-engine", daemon=True)
 
     def start(self) -> Engine:
+        """Start the worker; an engine that was stopped starts again (an app whose lifespan runs twice)."""
+        if self.thread.ident is not None:
+            self.thread = threading.Thread(target=self.run, name="softprompt-engine", daemon=True)
         self.thread.start()
         return self
 

@@ -1,7 +1,8 @@
 """Liveness, and loading/unloading adapters at run time with vLLM's routes and bodies (they need --api-key).
 
 /v1/load_lora_adapter and /v1/unload_lora_adapter answer as vLLM does: 200 with a plain-text sentence, or an error
-(400: missing field, name taken, adapter that does not load; 404: unload of an unknown name). The older
+(400: missing field, name taken, adapter files that do not load; 404: no adapter at the path, or unloading an
+unknown name). The older
 /v1/load_adapter and /v1/unload_adapter stay as deprecated aliases that answer JSON.
 """
 
@@ -11,7 +12,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 
 from . import responses
-from .schemas import APIError, LoadAdapterRequest, LoadLoRAAdapterRequest, UnloadLoRAAdapterRequest, errors
+from .schemas import (
+    APIError,
+    LoadAdapterRequest,
+    LoadLoRAAdapterRequest,
+    UnloadAdapterRequest,
+    UnloadLoRAAdapterRequest,
+    errors,
+)
 from .service import Service
 
 router = APIRouter()
@@ -22,7 +30,7 @@ async def health(request: Request):
     return {"status": "ok", "adapters": len(request.app.state.service.predictor.adapter_names)}
 
 
-@router.post("/v1/load_lora_adapter", response_class=PlainTextResponse, responses=errors(400, 403))
+@router.post("/v1/load_lora_adapter", response_class=PlainTextResponse, responses=errors(400, 403, 404))
 async def load_lora_adapter(body: LoadLoRAAdapterRequest, request: Request):
     """Load an adapter under `lora_name`; requests name it in `model`."""
     await request.app.state.service.load_adapter(body.lora_name, body.lora_path)
@@ -35,7 +43,9 @@ async def unload_lora_adapter(body: UnloadLoRAAdapterRequest, request: Request):
     return f"Success: LoRA adapter '{body.lora_name}' removed successfully."
 
 
-@router.post("/v1/load_adapter", response_model=responses.AdapterLoaded, responses=errors(400, 403), deprecated=True)
+@router.post(
+    "/v1/load_adapter", response_model=responses.AdapterLoaded, responses=errors(400, 403, 404), deprecated=True
+)
 async def load_adapter(body: LoadAdapterRequest, request: Request):
     """Deprecated: use /v1/load_lora_adapter (the same body; this one also takes adapter_name/adapter_path)."""
     service: Service = request.app.state.service
@@ -51,7 +61,7 @@ async def load_adapter(body: LoadAdapterRequest, request: Request):
 @router.post(
     "/v1/unload_adapter", response_model=responses.AdapterUnloaded, responses=errors(400, 403, 404), deprecated=True
 )
-async def unload_adapter(body: LoadAdapterRequest, request: Request):
+async def unload_adapter(body: UnloadAdapterRequest, request: Request):
     """Deprecated: use /v1/unload_lora_adapter."""
     service: Service = request.app.state.service
     service.require_admin()

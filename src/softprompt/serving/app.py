@@ -3,12 +3,15 @@
     softprompt serve --adapter complaints=runs/complaints/adapter --adapter hate=me/hate-prompt [--api-key KEY]
 
 The app is a few routers over one `Service` (service.py):
-  openai.py    POST /v1/completions, /v1/chat/completions; GET /v1/models
-  classify.py  POST /v1/classify     {"model", "input": [texts or rows]} -> label + probabilities
-  admin.py     POST /v1/load_adapter, /v1/unload_adapter (vLLM's names; need --api-key); GET /health
-  metrics.py   GET /metrics          Prometheus text
+  openai.py     POST /v1/completions, /v1/chat/completions (prompt lists, n choices, streaming); GET /v1/models
+  classify.py   POST /v1/classify     {"model", "input": [texts or rows]} -> label + probabilities
+  admin.py      POST /v1/load_lora_adapter, /v1/unload_lora_adapter (vLLM's; need --api-key); GET /health
+  metrics.py    GET /metrics          Prometheus text
+  schemas.py    request bodies, the fields refused (UNSUPPORTED), errors; responses.py: the answers' bodies
 Requests that arrive together are computed together, whatever adapters they name (inference/engine.py). Bad
-requests get a 4xx in OpenAI's error format naming the field; they never disturb the others.
+requests get a 4xx in OpenAI's error format naming the field; they never disturb the others. The OpenAPI schema
+(/openapi.json) declares every status and body; tests/test_serve_schema.py checks it with schemathesis.
+Users' guide: docs/serving.md.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..inference import Predictor, name_adapters
 from ..version import __version__
 from . import admin, classify, metrics, openai
-from .schemas import DESCRIPTION, UNSUPPORTED, APIError, error_response, errors
+from .schemas import DESCRIPTION, UNSUPPORTED, APIError, ErrorResponse, error_response, errors
 from .service import Service
 
 
@@ -60,27 +63,46 @@ def create_app(
 
 
 def openapi_schema(app: FastAPI, with_key: bool) -> dict:
-    """FastAPI's schema, made true to the answers: invalid requests are 400 in OpenAI's error format (FastAPI
-    documents 422, which this server never answers), and with an API key every endpoint but /health may be 401."""
+    """FastAPI's schema, made true to the answers: invalid requests are 400 (FastAPI documents 422, which this
+    server never answers), every error has OpenAI's error body, and with an API key every endpoint but /health
+    may answer 401."""
     if app.openapi_schema is None:
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-        components = schema.setdefault("components", {})
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
         for name in ("HTTPValidationError", "ValidationError"):
-            components.get("schemas", {}).pop(name, None)
-        unauthorized = errors(401)[401]
+            components.pop(name, None)
+        error_body = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(error_body.pop("$defs"), ErrorResponse=error_body)
+        json_error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
         for path, operations in schema["paths"].items():
             for operation in operations.values():
-                operation["responses"].pop("422", None)
+                answers = operation["responses"]
+                answers.pop("422", None)
                 if with_key and path != "/health":
                     operation["security"] = [{"apiKey": []}]
-                    operation["responses"]["401"] = {
-                        "description": unauthorized["description"],
-                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
-                    }
+                    answers["401"] = errors(401)[401]
+                for status, answer in answers.items():
+                    if status.startswith("4"):
+                        answer["content"] = json_error
+        context = app.state.service.context_length
+        if context:
+            bound_tokens(components, context)
         if with_key:
-            components["securitySchemes"] = {"apiKey": {"type": "http", "scheme": "bearer"}}
+            schema["components"]["securitySchemes"] = {"apiKey": {"type": "http", "scheme": "bearer"}}
         app.openapi_schema = schema
     return app.openapi_schema
+
+
+def bound_tokens(components: dict, context: int) -> None:
+    """max_tokens cannot exceed the model's context (with the prompt's tokens it is a 400 all the same)."""
+    for request in ("CompletionRequest", "ChatRequest"):
+        for field in ("max_tokens", "max_completion_tokens"):
+            prop = components[request]["properties"].get(field, {})
+            for branch in prop.get("anyOf", []):
+                if branch.get("type") == "integer":
+                    branch["maximum"] = context
+            if prop:
+                prop["description"] += f" With the prompt's tokens, at most the model's context: {context} tokens."
 
 
 async def api_error(request: Request, error: APIError):
@@ -101,7 +123,7 @@ async def invalid_request(request: Request, error: RequestValidationError):
         return error_response(400, f"The request body is not valid JSON: {first.get('msg')}.", None)
     location = [part for part in first.get("loc", ()) if part != "body"]
     if not location or not isinstance(location[0], str):
-        return error_response(400, f"The request body must be a JSON object: {first.get('msg')}.")
+        return error_response(400, f"Invalid request body (a JSON object with the fields): {first.get('msg')}.")
     field = location[0]
     if field in UNSUPPORTED:
         return error_response(400, f"{field!r} is not supported by softprompt serve; leave it out.", field)

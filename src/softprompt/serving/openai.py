@@ -16,7 +16,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from . import responses
-from .schemas import APIError, ChatRequest, CompletionRequest, GenerationRequest, errors
+from .schemas import APIError, ChatRequest, CompletionRequest, ContentPart, GenerationRequest, errors
 from .service import Choices, Service, usage
 
 router = APIRouter()
@@ -81,9 +81,9 @@ async def chat(body: ChatRequest, request: Request):
     return await complete(service, body, [list(prompt["input_ids"])], adapter, "chat", max_tokens)
 
 
-def text_parts(content: list[dict] | None) -> str:
+def text_parts(content: list[ContentPart] | None) -> str:
     """OpenAI's list-of-parts message content: the text parts, joined."""
-    return "".join(str(part.get("text", "")) for part in content or [] if part.get("type") == "text")
+    return "".join(part.text or "" for part in content or [] if part.type == "text")
 
 
 async def complete(

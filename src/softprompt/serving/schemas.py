@@ -15,7 +15,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 MAX_CHOICES = 128  # n per prompt, OpenAI's limit
 StopText = Annotated[str, Field(min_length=1)]
-SEED = Field(default=None, ge=-(2**63), le=2**63 - 1, description="Makes sampling repeatable.")
 
 
 class APIError(Exception):
@@ -53,18 +52,22 @@ ERROR_MEANINGS = {
     400: "A field is invalid or unsupported (`param` names it), or the body is not JSON.",
     401: "Missing or wrong API key (servers started with --api-key).",
     403: "Loading/unloading adapters needs a server started with --api-key.",
-    404: "The model (or adapter) named is not loaded.",
+    404: "The model (adapter) named is not loaded, or no adapter is found at the path to load.",
 }
 
 
 def errors(*statuses: int) -> dict:
-    """The `responses=` of a route: the error statuses it answers, with the error body."""
-    return {status: {"model": ErrorResponse, "description": ERROR_MEANINGS[status]} for status in statuses}
+    """The `responses=` of a route: the error statuses it answers (app.py gives each the ErrorResponse body)."""
+    return {status: {"description": ERROR_MEANINGS[status]} for status in statuses}
 
 
 def off(meaning: str):
     """A refused field, accepted only at null or the values that mean 'off'."""
     return Field(default=None, description=f"Not supported: refused unless null or {meaning}.")
+
+
+class ResponseFormatText(BaseModel):
+    type: Literal["text"]
 
 
 class RefusedFields(BaseModel):
@@ -83,11 +86,6 @@ class RefusedFields(BaseModel):
     frequency_penalty: Literal[0] | None = off("0")
 
 
-class ResponseFormatText(BaseModel):
-    type: Literal["text"]
-
-
-RefusedFields.model_rebuild()
 UNSUPPORTED = tuple(RefusedFields.model_fields)
 
 
@@ -104,7 +102,7 @@ class GenerationRequest(ModelRequest, RefusedFields):
     stop: StopText | Annotated[list[StopText], Field(max_length=4)] | None = Field(
         default=None, description="Up to 4 strings; the text ends before the first one."
     )
-    seed: int | None = SEED
+    seed: int | None = Field(default=None, description="Makes sampling repeatable.")
     stream: bool | None = Field(default=False, description="Server-sent events as the tokens come.")
     stream_options: dict | None = Field(default=None, description="Accepted and ignored: usage is always sent.")
     user: str | None = Field(default=None, description="Accepted and ignored.")
@@ -123,10 +121,18 @@ class CompletionRequest(GenerationRequest):
     )
 
 
+class ContentPart(BaseModel):
+    """A part of a message's content: its `text` is read when `type` is "text"; other parts are ignored."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+    text: str | None = None
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: str | list[dict] | None = Field(default=None, description="Text, or parts (only text parts are read).")
+    content: str | list[ContentPart] | None = Field(default=None, description="Text, or parts (text parts are read).")
 
 
 class ChatRequest(GenerationRequest):
@@ -176,11 +182,29 @@ class UnloadLoRAAdapterRequest(BaseModel):
     lora_int_id: int | None = None
 
 
-class LoadAdapterRequest(BaseModel):
-    """The body of the deprecated /v1/load_adapter and /v1/unload_adapter (lora_* or adapter_* names)."""
+def either(*pairs: tuple[str, str]) -> dict:
+    """JSON Schema: each pair needs one of its two fields."""
+    return {"allOf": [{"anyOf": [{"required": [a]}, {"required": [b]}]} for a, b in pairs]}
 
-    model_config = ConfigDict(extra="forbid")
-    lora_name: str | None = None
-    lora_path: str | None = None
-    adapter_name: str | None = None
-    adapter_path: str | None = None
+
+Name = Annotated[str, Field(min_length=1)]  # optional, but not null: the schema's anyOf needs one of each pair
+
+
+class LoadAdapterRequest(BaseModel):
+    """The body of the deprecated /v1/load_adapter: lora_* or adapter_* names."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra=either(("lora_name", "adapter_name"), ("lora_path", "adapter_path"))
+    )
+    lora_name: Name = None
+    lora_path: Name = None
+    adapter_name: Name = None
+    adapter_path: Name = None
+
+
+class UnloadAdapterRequest(BaseModel):
+    """The body of the deprecated /v1/unload_adapter."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=either(("lora_name", "adapter_name")))
+    lora_name: Name = None
+    adapter_name: Name = None

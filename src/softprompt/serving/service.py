@@ -4,6 +4,7 @@ turn a request into a job (which adapter `model` names, how long a generation ma
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ from ..inference import Predictor
 from ..inference.engine import CallJob, Engine, GenerateJob
 from .metrics import Metrics
 from .schemas import APIError, GenerationRequest
+
+GREEDY_BELOW = 1e-5  # a temperature under this samples greedily, as in vLLM (dividing by it would overflow)
 
 
 @dataclass
@@ -84,6 +87,8 @@ class Service:
                 raise APIError(400, f"Prompt {p} is empty once tokenized: send some text.", "prompt")
             self.check_length(prompt, adapter, max_tokens)
         temperature = 1.0 if body.temperature is None else body.temperature
+        if temperature < GREEDY_BELOW:
+            temperature = 0.0
         settings = {"do_sample": temperature > 0}
         if temperature > 0:
             settings.update(temperature=temperature, top_p=1.0 if body.top_p is None else body.top_p, top_k=None)
@@ -92,7 +97,7 @@ class Service:
         for p, prompt in enumerate(prompts):
             copies = [range(p * n, p * n + n)] if temperature == 0 else [[p * n + k] for k in range(n)]
             for k, indices in enumerate(copies):
-                seed = None if body.seed is None else body.seed + k  # choice k: the answer n=1 gives with seed+k
+                seed = None if body.seed is None else (body.seed + k) % 2**63  # choice k: what n=1 gives with seed+k
                 jobs.append(Choices(GenerateJob(prompt, adapter, max_tokens, settings, stop or None, seed), indices))
         return jobs
 
@@ -103,15 +108,19 @@ class Service:
             raise APIError(
                 400, f"An adapter named {name!r} is already loaded: unload it first, or pick another name.", "lora_name"
             )
+        failed = f"Could not load adapter {name!r} from {path!r}"
+        try:  # the files first, off the engine's thread: a bad path does not hold up the other requests
+            await asyncio.to_thread(PromptLearningConfig.from_pretrained, path)
+        except Exception as error:  # noqa: BLE001 - whatever the path held, the request named it
+            if os.path.isfile(os.path.join(path, "adapter_config.json")):  # there, but damaged
+                raise APIError(400, f"{failed}: {error}", "lora_path") from error
+            raise APIError(404, f"{failed}: {error}", "lora_path", "NotFoundError") from error  # no adapter: as vLLM
         try:
-            await asyncio.to_thread(PromptLearningConfig.from_pretrained, path)  # a bad path fails off the engine
             await self.run(CallJob(lambda: self.predictor.load_adapter(path, name)))
         except APIError as error:
-            raise APIError(
-                400, f"Could not load adapter {name!r} from {path!r}: {error.message}", "lora_path"
-            ) from error
-        except Exception as error:  # noqa: BLE001 - whatever the files held, the request named them
-            raise APIError(400, f"Could not load adapter {name!r} from {path!r}: {error}", "lora_path") from error
+            raise APIError(400, f"{failed}: {error.message}", "lora_path") from error
+        except Exception as error:  # noqa: BLE001 - damaged files, a model they do not fit
+            raise APIError(400, f"{failed}: {error}", "lora_path") from error
 
     async def unload_adapter(self, name: str) -> None:
         self.require_admin()
