@@ -14,7 +14,14 @@ from transformers import (
     RobertaConfig,
 )
 
-from softprompt import PeftModel, PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, get_peft_model
+from softprompt import (
+    DePTConfig,
+    PeftModel,
+    PrefixTuningConfig,
+    PromptEncoderConfig,
+    PromptTuningConfig,
+    get_peft_model,
+)
 from softprompt.compat import PrefixCall, frozen_prefix_cache, prefix_attention_context
 from tiny_models import without_dropout
 
@@ -40,6 +47,7 @@ METHODS = {
     "prefix_projection": lambda: PrefixTuningConfig(
         task_type="SEQ_CLS", num_virtual_tokens=4, prefix_projection=True, encoder_hidden_size=16
     ),
+    "dept": lambda: DePTConfig(task_type="SEQ_CLS", num_virtual_tokens=3, offset_length=5, offset_rank=2),
 }
 
 

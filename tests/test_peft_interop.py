@@ -32,7 +32,11 @@ PEFT_CONFIGS = {
         cpt_tokens_type_mask=[1, 2, 2, 3, 4],
     ),
 }
-CASES = [(method, arch) for method in METHODS for arch in ARCHITECTURES]
+# Methods PEFT does not have are saved, once trained, as a method it has (their prompt collapsed to its table)
+EXPORTED_AS = {"residual": "prompt_tuning", "ulpt": "prompt_tuning"}
+SOFTPROMPT_ONLY = {"dept"}  # PEFT has no DePT, and its input offsets have no place in a PEFT file
+CASES = [(method, arch) for method in METHODS if method not in SOFTPROMPT_ONLY for arch in ARCHITECTURES]
+PEFT_CASES = [(method, arch) for method, arch in CASES if method in PEFT_CONFIGS]  # PEFT trains these itself
 # PEFT's own calls into transformers 5.24 use names it deprecates; softprompt's do not (their warnings show).
 pytestmark = [
     pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated:FutureWarning"),
@@ -73,7 +77,7 @@ def test_peft_loads_our_adapter_with_the_same_logits(method, arch, tmp_path):
     torch.testing.assert_close(peft_logits(theirs, ids), our_logits(ours, ids), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("method,arch", CASES)
+@pytest.mark.parametrize("method,arch", PEFT_CASES)
 def test_we_load_peft_adapter_with_the_same_logits(method, arch, tmp_path):
     torch.manual_seed(1)
     theirs = peft.get_peft_model(tiny_model(arch), PEFT_CONFIGS[method]()).eval()
@@ -84,12 +88,14 @@ def test_we_load_peft_adapter_with_the_same_logits(method, arch, tmp_path):
     assert not any(p.requires_grad for p in ours.parameters())  # loaded for inference
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", [method for method in METHODS if method not in SOFTPROMPT_ONLY])
 def test_same_files_fields_tensor_names_and_shapes_as_peft(method, tmp_path):
     arch = "llama_gqa"
     torch.manual_seed(1)
     get_peft_model(tiny_model(arch), METHOD_CONFIGS[method]()).save_pretrained(tmp_path / "ours")
-    peft.get_peft_model(tiny_model(arch), PEFT_CONFIGS[method]()).save_pretrained(tmp_path / "peft")
+    peft.get_peft_model(tiny_model(arch), PEFT_CONFIGS[EXPORTED_AS.get(method, method)]()).save_pretrained(
+        tmp_path / "peft"
+    )
     ours_config = json.loads((tmp_path / "ours" / "adapter_config.json").read_text())
     peft_config = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
     peft_config.pop("peft_version")
@@ -99,7 +105,7 @@ def test_same_files_fields_tensor_names_and_shapes_as_peft(method, tmp_path):
     assert {k: v.shape for k, v in ours_tensors.items()} == {k: v.shape for k, v in peft_tensors.items()}
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", list(PEFT_CONFIGS))
 def test_peft_logits_agree_on_training_forward_loss(method):
     """Same prompt weights in both libraries: same loss (the first token is predicted by the last virtual one)."""
     arch = "llama_gqa"

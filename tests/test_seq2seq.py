@@ -12,6 +12,7 @@ from transformers import AutoModelForSeq2SeqLM, BartConfig, T5Config
 from softprompt import (
     AutoPeftModelForSeq2SeqLM,
     ConfigError,
+    DePTConfig,
     MultitaskPromptTuningConfig,
     PeftModel,
     PeftModelForSeq2SeqLM,
@@ -72,10 +73,14 @@ METHODS = {
     "multitask": lambda: MultitaskPromptTuningConfig(
         task_type="SEQ_2_SEQ_LM", num_virtual_tokens=4, num_tasks=1, num_ranks=2
     ),
+    # offsets on the encoder's first tokens (softprompt's own method), started non-zero so they matter
+    "dept": lambda: DePTConfig(
+        task_type="SEQ_2_SEQ_LM", num_virtual_tokens=3, offset_length=5, offset_rank=2, offset_init_std=0.05
+    ),
 }
 CASES = [(arch, method) for arch in MODELS for method in METHODS]
 # PEFT's multitask forward needs labels and returns the decoder prompt's positions too: compared on its own below
-PEFT_CASES = [(arch, method) for arch, method in CASES if method not in ("encoder_prefix", "multitask")]
+PEFT_CASES = [(arch, method) for arch, method in CASES if method not in ("encoder_prefix", "multitask", "dept")]
 
 
 def base_model(arch, seed=0):

@@ -50,7 +50,9 @@ def trained_run(tmp_path_factory):
 def test_cli_train_writes_adapter_checkpoint_metrics_and_plot(trained_run):
     run = trained_run / "run"
     assert sorted(os.listdir(run)) == ["adapter", "checkpoint", "metrics.jsonl", "metrics.png", "run_config.yaml"]
-    assert sorted(os.listdir(run / "adapter")) == ["adapter_config.json", "adapter_model.safetensors", "task.json"]
+    assert sorted(os.listdir(run / "adapter")) == [
+        "README.md", "adapter_config.json", "adapter_model.safetensors", "task.json"
+    ]  # fmt: skip
     assert {"optimizer.safetensors", "prompt_source.safetensors", "trainer_state.json"} <= set(
         os.listdir(run / "checkpoint")
     )
@@ -346,7 +348,9 @@ def test_accelerate_two_processes_train_and_save_one_adapter(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "path", sorted((ROOT / "configs").rglob("*.yaml")) + [ROOT / "src/softprompt/demo_data/demo.yaml"], ids=str
+    "path",
+    sorted((ROOT / "configs").rglob("*.yaml")) + sorted((ROOT / "src/softprompt/demo_data").glob("*.yaml")),
+    ids=str,
 )
 def test_every_shipped_config_is_valid(path):
     data = yaml.safe_load(path.read_text())

@@ -15,10 +15,13 @@ from transformers import (
 
 from softprompt import (
     CPTConfig,
+    DePTConfig,
     MultitaskPromptTuningConfig,
     PrefixTuningConfig,
     PromptEncoderConfig,
     PromptTuningConfig,
+    ResidualPromptTuningConfig,
+    ULPTConfig,
 )
 
 VOCAB = 128
@@ -93,6 +96,11 @@ METHOD_CONFIGS = {
     "multitask": lambda: MultitaskPromptTuningConfig(num_virtual_tokens=4, num_tasks=1, num_ranks=2),
     # an in-context example: template, input, output template, label (CPT keeps the label token fixed)
     "cpt": lambda: CPTConfig(cpt_token_ids=[40, 41, 42, 43, 44], cpt_tokens_type_mask=[1, 2, 2, 3, 4]),
+    # the authors' LayerNorm start, so every MLP weight takes a gradient from the first step
+    "residual": lambda: ResidualPromptTuningConfig(num_virtual_tokens=4, bottleneck_size=8, residual_init="layer_norm"),
+    "ulpt": lambda: ULPTConfig(num_virtual_tokens=4, low_rank=2),
+    # offsets that start non-zero (so every comparison sees them) and stop before the longest rows end
+    "dept": lambda: DePTConfig(num_virtual_tokens=3, offset_length=5, offset_rank=2, offset_init_std=0.05),
 }
 METHODS = list(METHOD_CONFIGS)
 OWN_LOSS = {"cpt"}  # methods whose training loss is their own (CPT also scores the prompt's labels)

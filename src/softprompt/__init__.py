@@ -20,6 +20,7 @@ from .errors import AdapterError, ConfigError, DataError, ModelNotFoundError, Tr
 from .inference import Predictor
 from .methods import (
     CPTConfig,
+    DePTConfig,
     MultitaskPromptTuningConfig,
     MultitaskPromptTuningInit,
     PrefixTuningConfig,
@@ -28,6 +29,8 @@ from .methods import (
     PromptSource,
     PromptTuningConfig,
     PromptTuningInit,
+    ResidualPromptTuningConfig,
+    ULPTConfig,
 )
 from .registry import register_method, register_task_type
 from .task_types import (
@@ -87,12 +90,15 @@ __all__ = [
     "PromptSource",
     "PromptTuningConfig",
     "PromptTuningInit",
+    "ResidualPromptTuningConfig",
     "Seq2SeqTrainer",
     "TaskBehaviour",
     "TaskType",
     "TrainConfig",
     "Trainer",
     "TrainingDiverged",
+    "ULPTConfig",
+    "DePTConfig",
     "UnknownAdapterError",
     "__version__",
     "get_peft_config",

@@ -87,6 +87,8 @@ class PromptLearningConfig:
         "head_init": "model",
     }  # omitted from the JSON at these values
     PEFT_MISREADS: ClassVar[tuple[str, ...]] = ("pooling",)  # softprompt fields PEFT would drop and run otherwise
+    exports_as: ClassVar[PeftType | str | None] = None  # the method whose file a trained adapter is saved as (its
+    # prompt collapsed to that method's table: residual and ULPT prompts are plain prompt-tuning tables); None: its own
 
     def __post_init__(self) -> None:
         self.task_type = _plain(self.task_type)
@@ -153,6 +155,15 @@ class PromptLearningConfig:
     @property
     def is_prompt_learning(self) -> bool:
         return True
+
+    def exported(self) -> PromptLearningConfig:
+        """The config a trained adapter's inference files carry: `exports_as`'s, with the fields it shares with this
+        one; this config itself when the method saves as its own."""
+        if self.exports_as is None:
+            return self
+        target = registry.method(self.exports_as).config_class
+        names = {f.name for f in dataclasses.fields(target)} & {f.name for f in dataclasses.fields(self)}
+        return target(**{name: getattr(self, name) for name in names})
 
     def peft_reads_it(self) -> str | None:
         """None when PEFT loads this adapter and runs what softprompt runs; else why not."""

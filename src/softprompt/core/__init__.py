@@ -3,8 +3,9 @@
 task-type registry."""
 
 from .auto import AutoPeftModel, get_peft_model
+from .batch_prompts import BASE_ADAPTER
 from .injection import INJECTIONS, EmbeddingPrefix, Injection, KVPrefix, Prefix, PromptStates
-from .peft_model import BASE_ADAPTER, PeftModel
+from .peft_model import PeftModel
 from .shape import probe_shape
 
 __all__ = [

@@ -147,7 +147,8 @@ class AdapterFilesMixin:
         adapter_io.save_tensors(tensors, Path(folder) / adapter_io.WEIGHTS_NAME)
         if include_prompt_source:
             adapter_io.save_tensors(current_state(source), Path(folder) / adapter_io.SOURCE_NAME)
-        saved = dataclasses.replace(self.peft_config[name], inference_mode=True)  # the file holds the collapsed table
+        config = self.peft_config[name] if include_prompt_source else self.peft_config[name].exported()
+        saved = dataclasses.replace(config, inference_mode=True)  # the file holds the collapsed table
         saved.save_pretrained(folder)
 
     def write_model_card(self, folder, adapter_name: str | None = None, task=None, metrics: dict | None = None,
@@ -156,7 +157,8 @@ class AdapterFilesMixin:
         training line) add their sections; `location` is how the card's code names the adapter (a Hub repo id)."""
         name = adapter_name or self.active_name()
         parameters = sum(t.numel() for t in adapter_io.read_tensors(Path(folder) / adapter_io.WEIGHTS_NAME).values())
-        text = model_card.render(self.peft_config[name], parameters, task, metrics, location)
+        config = self.peft_config[name]
+        text = model_card.render(config.exported(), parameters, task, metrics, location, trained_as=config.peft_type)
         adapter_io.atomic_write_bytes(Path(folder) / model_card.CARD_NAME, text.encode())
 
     def push_to_hub(

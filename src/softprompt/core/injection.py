@@ -13,6 +13,7 @@ alone (positions from the mask), so padding, of the prefix or of the input, chan
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -109,6 +110,65 @@ def prepend_prompt(
     if token_type_ids is not None:
         token_type_ids = torch.cat([token_type_ids.new_zeros(batch, virtual), token_type_ids], dim=1)
     return inputs_embeds, attention_mask, token_type_ids
+
+
+def add_offsets(embeds: torch.Tensor, offsets: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """embeds [B, T, H] + offsets [B, s, H]: a token gets the offset of its count among its row's real tokens.
+
+    The mask [B, past + T] may also cover earlier (cached) tokens, whose count it gives; the embeddings are its last
+    T positions. Padding gets no offset, nor do tokens past the s-th."""
+    batch, length, width = embeds.shape
+    if attention_mask is None:
+        attention_mask = torch.ones(batch, length, dtype=torch.long, device=embeds.device)
+    positions = positions_from_mask(attention_mask)[:, -length:]  # [B, T]
+    index = positions.clamp(max=offsets.shape[1] - 1)[..., None].expand(-1, -1, width)
+    picked = offsets.to(embeds.dtype).gather(1, index)  # [B, T, H]
+    keep = (positions < offsets.shape[1]) & attention_mask[:, -length:].bool()  # [B, T]
+    return embeds + picked * keep[..., None].to(embeds.dtype)
+
+
+def stack_offsets(row_offsets: list[torch.Tensor | None]) -> torch.Tensor | None:
+    """One offsets table [s_i, H] (or None) per row -> [B, max s_i, H], zeros past a row's own; None if none has any."""
+    present = [offsets for offsets in row_offsets if offsets is not None]
+    if not present:
+        return None
+    if all(offsets is present[0] for offsets in row_offsets):
+        return present[0].expand(len(row_offsets), -1, -1)
+    length = max(offsets.shape[0] for offsets in present)
+    none = present[0].new_zeros(length, present[0].shape[1])
+    return torch.stack([none if o is None else F.pad(o, (0, 0, 0, length - o.shape[0])) for o in row_offsets])
+
+
+@contextlib.contextmanager
+def offsets_on_input(model: nn.Module, offsets: torch.Tensor | None, prefix_length: int):
+    """Inside, each call of `model` (a causal LM: a forward, each step of generate, a cached continuation) adds
+    `offsets` [B, s, H] to its input's embeddings, counting each row's real tokens over its attention mask
+    [B, prefix_length + past + T] after the first `prefix_length` (virtual) positions."""
+    if offsets is None:
+        yield
+        return
+
+    def add(module, args, kwargs):
+        if len(args) > 1:
+            raise TypeError("Pass the model's inputs by name (input_ids=..., attention_mask=...).")
+        input_ids = args[0] if args else kwargs.get("input_ids")
+        embeds = kwargs.get("inputs_embeds")
+        if embeds is None:
+            embeds = module.get_input_embeddings()(input_ids)  # [B, T, H]
+        mask = kwargs.get("attention_mask")
+        if mask is None:  # generate drops a mask of all ones: every cached position is then real
+            cache = kwargs.get(cache_argument(module))
+            past = 0 if cache is None else cache.get_seq_length()
+            mask = torch.ones(embeds.shape[0], past + embeds.shape[1], dtype=torch.long, device=embeds.device)
+        embeds = add_offsets(embeds, offsets, mask[:, prefix_length:])  # the mask after the virtual positions
+        kwargs.update(input_ids=None, inputs_embeds=embeds)
+        return (), kwargs
+
+    handle = model.register_forward_pre_hook(add, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def left_pad(states: torch.Tensor, length: int) -> torch.Tensor:

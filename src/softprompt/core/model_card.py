@@ -28,16 +28,20 @@ def render(
     task: TaskSpec | None = None,
     metrics: dict | None = None,
     location: str = PLACEHOLDER,
+    trained_as=None,
 ) -> str:
     """The card's text. `parameters`: what the adapter file holds; `metrics`: the last training line, if any;
-    `location`: how readers name the adapter (a folder or Hub repo)."""
+    `location`: how readers name the adapter (a folder or Hub repo); `trained_as`: the method that trained it, when
+    its file is another's (a residual prompt saved as a prompt-tuning table)."""
     method = str(getattr(config.peft_type, "value", config.peft_type))
+    trained = str(getattr(trained_as, "value", trained_as or method))
     title = f"{method.replace('_', ' ').lower()} adapter" if location == PLACEHOLDER else location
     lines = metadata(config, method) + [f"# {title}", ""]
     lines += [
         f"A {method} adapter for {config.base_model_name_or_path or 'its base model'} (task type {config.task_type}), "
-        f"trained with softprompt {__version__}: {config.num_virtual_tokens} virtual tokens, {parameters:,d} "
-        "parameters in its file.",
+        f"trained with softprompt {__version__}"
+        + (f" by {trained} (saved as its {method} table)" if trained != method else "")
+        + f": {config.num_virtual_tokens} virtual tokens, {parameters:,d} parameters in its file.",
         "",
     ]
     if task is not None:

@@ -31,13 +31,12 @@ from ..config import PromptLearningConfig
 from ..errors import UnknownAdapterError
 from ..methods.base import InjectionKind
 from .adapter_files import AdapterFilesMixin, read_adapter
+from .batch_prompts import BASE_ADAPTER, BatchPromptsMixin
 from .injection import INJECTIONS, Injection, Prefix, PromptStates, prepend_prompt
 from .shape import probe_shape
 
-BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in adapter_names
 
-
-class PeftModel(AdapterFilesMixin, nn.Module):
+class PeftModel(BatchPromptsMixin, AdapterFilesMixin, nn.Module):
     """A frozen base model and one or more prompts. Use `get_peft_model` or `PeftModel.from_pretrained`."""
 
     handles_encoders = False  # a wrapper that can prompt bidirectional encoders says so
@@ -253,6 +252,18 @@ class PeftModel(AdapterFilesMixin, nn.Module):
         total = sum(p.numel() for p in self.parameters())
         return trainable, total
 
+    def parameter_groups(self, learning_rate: float) -> list[dict]:
+        """The optimizer's groups of trainable parameters: each prompt source's own (DePT's offsets take their own
+        rate), then the rest (a classifier's head) at `learning_rate`."""
+        groups, seen = [], set()
+        for source in self.prompt_encoder.values():
+            for group in source.parameter_groups(learning_rate):
+                seen.update(id(p) for p in group["params"])
+                params = [p for p in group["params"] if p.requires_grad]
+                groups += [{**group, "params": params}] if params else []
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in seen]
+        return groups + ([{"params": rest, "lr": learning_rate}] if rest else [])
+
     def print_trainable_parameters(self) -> None:
         trainable, total = self.get_nb_trainable_parameters()
         print(
@@ -301,46 +312,6 @@ class PeftModel(AdapterFilesMixin, nn.Module):
         """Memory held by cached prompt states, all adapters."""
         return sum(states.nbytes() for _, states in self.states_cache.values())
 
-    def row_adapters(self, adapter_names, batch: int) -> list[str | None]:
-        if len(adapter_names) != batch:
-            raise ValueError(
-                f"adapter_names has {len(adapter_names)} entries but the batch has {batch} rows: give one per row."
-            )
-        rows = [None if name in (None, BASE_ADAPTER) else name for name in adapter_names]
-        for name in set(rows) - {None}:
-            self.check_known(name)
-        return rows
-
-    def row_tasks(self, task_ids, rows: list[str | None]) -> list[int]:
-        """One task id per row (default 0); an adapter with several tasks needs them given."""
-        if task_ids is None:
-            for name in set(rows) - {None}:
-                if self.prompt_encoder[name].num_tasks > 1:
-                    raise ValueError(f"Adapter {name!r} has several tasks: pass task_ids, one task id per row.")
-            return [0] * len(rows)
-        tasks = [int(t) for t in (task_ids.tolist() if isinstance(task_ids, torch.Tensor) else task_ids)]
-        if len(tasks) != len(rows):
-            raise ValueError(f"task_ids has {len(tasks)} entries but the batch has {len(rows)} rows: give one per row.")
-        return tasks
-
-    def batch_prefix(self, batch: int, adapter_names=None, with_logits: bool | str = False, task_ids=None):
-        """-> (Prefix for `batch` rows or None for the bare model, virtual positions' logits [1, n, V] or None)."""
-        if self.adapters_disabled:
-            return None, None
-        if adapter_names is None and self.active_adapter is None:
-            return None, None
-        rows = [self.active_adapter] * batch if adapter_names is None else self.row_adapters(adapter_names, batch)
-        tasks = self.row_tasks(task_ids, rows)
-        if adapter_names is None and len(set(tasks)) == 1:  # every row the same prompt
-            states = self.prompt_states(self.active_adapter, with_logits, tasks[0])
-            return Prefix.shared(states, batch), states.logits
-        if not any(rows):
-            return None, None
-        keys = list(zip(rows, tasks))
-        states = {(name, task): self.prompt_states(name, task=task) for name, task in set(keys) if name is not None}
-        template = next(iter(states.values())).layers
-        return Prefix.per_row([states.get(key) for key in keys], template), None
-
     def run_encoder(self, run, name: str, task_ids, input_ids, inputs_embeds, attention_mask, **kwargs):
         """`run` (the base model or its backbone) on a bidirectional encoder's batch with adapter `name`'s prompt,
         which it sees together with the text: per-layer prefixes through the attention hook (outputs [B, L, ...]),
@@ -349,6 +320,8 @@ class PeftModel(AdapterFilesMixin, nn.Module):
         tasks = self.row_tasks(task_ids, [name] * batch)
         if len(set(tasks)) > 1:
             raise ValueError("One batch of an encoder takes one task: group the rows by task_ids.")
+        inputs_embeds = self.offset_input(name, tasks[0], input_ids, inputs_embeds, attention_mask)
+        input_ids = None if inputs_embeds is not None else input_ids
         if self.injections[name].kind is InjectionKind.KV_PREFIX:
             prefix = Prefix.shared(self.prompt_states(name, task=tasks[0]), batch)
             with prefix_attention_context(PrefixCall(prefix.layers, prefix.mask)):

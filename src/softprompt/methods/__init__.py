@@ -3,14 +3,19 @@
 
 from .base import InjectionKind, ModelShape, PromptSource, PromptTable
 from .cpt import CPTConfig, CPTEmbedding
+from .dept import DePTConfig, DePTEmbedding
 from .multitask_prompt_tuning import MultitaskPromptEmbedding, MultitaskPromptTuningConfig, MultitaskPromptTuningInit
 from .p_tuning import PromptEncoder, PromptEncoderConfig, PromptEncoderReparameterizationType
 from .prefix_tuning import PrefixEncoder, PrefixTuningConfig
 from .prompt_tuning import PromptEmbedding, PromptTuningConfig, PromptTuningInit
+from .residual_prompt_tuning import ResidualPromptEmbedding, ResidualPromptTuningConfig
+from .ulpt import ULPTConfig, ULPTEmbedding
 
 __all__ = [
     "CPTConfig",
     "CPTEmbedding",
+    "DePTConfig",
+    "DePTEmbedding",
     "InjectionKind",
     "ModelShape",
     "MultitaskPromptEmbedding",
@@ -26,4 +31,8 @@ __all__ = [
     "PromptTable",
     "PromptTuningConfig",
     "PromptTuningInit",
+    "ResidualPromptEmbedding",
+    "ResidualPromptTuningConfig",
+    "ULPTConfig",
+    "ULPTEmbedding",
 ]

@@ -73,6 +73,16 @@ class PromptSource(nn.Module):
         """The prompt table [P, D] (of task `task`)."""
         raise NotImplementedError
 
+    def input_offsets(self, task: int = 0) -> torch.Tensor | None:
+        """Offsets [s, H] added to the embeddings of the input's first s real tokens (DePT), or None (most methods:
+        the input's embeddings are left as they are)."""
+        return None
+
+    def parameter_groups(self, learning_rate: float) -> list[dict]:
+        """The optimizer's parameter groups for this source: one at the run's learning rate unless a method's
+        parts take their own (DePT's offsets)."""
+        return [{"params": list(self.parameters()), "lr": learning_rate}]
+
     def loss(self, prompt_logits: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, **inputs) -> torch.Tensor:
         """The training loss, for a source with `has_own_loss`. prompt_logits [1, n, V], logits [B, T, V],
         labels [B, L]."""

@@ -18,7 +18,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from .. import registry
 from ..compat import accepts_position_ids, cache_argument, filled_cache, frozen_prefix_cache, layer_states
 from ..core import AutoPeftModel, PeftModel
-from ..core.injection import positions_from_mask, run_with_prefix
+from ..core.injection import offsets_on_input, positions_from_mask, run_with_prefix
 from ..data import Example, RowTokenizer, collate_training, pad_left, row_task_ids, sorted_batches
 from .base import TaskBehaviour
 
@@ -72,9 +72,11 @@ class PeftModelForCausalLM(PeftModel):
         wanted = source.prompt_logits if own_loss else labels is not None
         prefix, prompt_logits = self.batch_prefix(batch, adapter_names, wanted, task_ids)
         last_virtual_logits = None if prompt_logits is None else prompt_logits[:, -1:]  # [1, 1, V]
-        logits = run_with_prefix(
-            self.base_model, prefix, input_ids, inputs_embeds, attention_mask, position_ids, **kwargs
-        ).logits  # [B, T, V]: the last T input positions
+        offsets = self.batch_offsets(batch, adapter_names, task_ids)  # [B, s, H] or None
+        with offsets_on_input(self.base_model, offsets, 0 if prefix is None else prefix.length):
+            logits = run_with_prefix(
+                self.base_model, prefix, input_ids, inputs_embeds, attention_mask, position_ids, **kwargs
+            ).logits  # [B, T, V]: the last T input positions
         if own_loss:
             return CausalLMOutputWithPast(loss=source.loss(prompt_logits, logits, labels, **loss_inputs), logits=logits)
         num_virtual = 0
@@ -104,6 +106,13 @@ class PeftModelForCausalLM(PeftModel):
         if len(per_row) != batch:
             raise ValueError(f"continuations has {len(per_row)} per-row lists but the batch has {batch} rows.")
         prefix, _ = self.batch_prefix(batch, adapter_names, task_ids=task_ids)
+        num_prefix = 0 if prefix is None else prefix.length
+        with offsets_on_input(base, self.batch_offsets(batch, adapter_names, task_ids), num_prefix):
+            return self.score_after_prefix(input_ids, attention_mask, per_row, prefix)
+
+    def score_after_prefix(self, input_ids, attention_mask, per_row, prefix) -> torch.Tensor:
+        """score_continuations' work once the batch's prefix is known: [B, max K_i]."""
+        base, batch = self.base_model, input_ids.shape[0]
         num_prefix = 0 if prefix is None else prefix.length
         full_mask = (
             attention_mask if prefix is None else torch.cat([prefix.mask.to(attention_mask.dtype), attention_mask], 1)
@@ -170,6 +179,12 @@ class PeftModelForCausalLM(PeftModel):
         prefix, _ = self.batch_prefix(batch * expand, adapter_names, task_ids=task_ids)  # rows as generate expands them
         if prefix is None:
             return base.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        with offsets_on_input(base, self.batch_offsets(batch * expand, adapter_names, task_ids), prefix.length):
+            return self.generate_after_prefix(input_ids, attention_mask, prefix, expand, settings, kwargs)
+
+    def generate_after_prefix(self, input_ids, attention_mask, prefix, expand: int, settings, kwargs: dict):
+        """generate()'s work once the batch's prefix (rows as generate expands them) is known."""
+        base, batch = self.base_model, input_ids.shape[0]
         num_virtual = prefix.length
         # The cache stands for P positions that have no ids: give generate placeholders it will not embed.
         placeholder = settings.pad_token_id if settings.pad_token_id is not None else 0

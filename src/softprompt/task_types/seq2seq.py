@@ -52,6 +52,7 @@ class EncoderTokens(EmbeddingPrefix):
         and the decoder's virtual token embeddings [P, H] (rows P..2P of a 2P-row table) or None."""
         table = wrapper.prompt_table(name, task)  # [P, H] or [2P, H]
         virtual = self.config.num_virtual_tokens
+        inputs_embeds = wrapper.offset_input(name, task, input_ids, inputs_embeds, attention_mask)  # DePT's offsets
         embeds, mask, _ = prepend_prompt(
             table[:virtual], wrapper.base_model.get_input_embeddings(), input_ids, inputs_embeds, attention_mask
         )

@@ -155,7 +155,8 @@ class TrainConfig:
     epochs: int = 10
     """Passes over the training rows."""
     lr: float | None = None
-    """Peak learning rate; None: the method's default (3e-2 for prompt and p-tuning, 1e-2 for prefix tuning)."""
+    """Peak learning rate; None: the method's default (3e-2 prompt and p-tuning, 1e-2 prefix tuning, 1e-3 CPT, 0.3 ULPT;
+    DePT's offsets take method_options.offset_learning_rate)."""
     batch_size: int = 8
     """Rows per step (per process)."""
     gradient_accumulation_steps: int = 1

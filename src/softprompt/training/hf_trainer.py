@@ -97,6 +97,18 @@ class AdapterCheckpointsMixin:
             )
         return model
 
+    def create_optimizer(self, model=None):
+        """transformers' optimizer; where a method's parameters take their own learning rate (DePT's offsets), its
+        optimizer class over the model's parameter groups."""
+        groups = self.peft_model().parameter_groups(self.args.learning_rate)
+        if self.optimizer is not None or len({group["lr"] for group in groups}) == 1:
+            return super().create_optimizer(model)
+        optimizer_class, options = self.optimizer_cls_and_kwargs or self.get_optimizer_cls_and_kwargs(
+            self.args, self.model
+        )
+        self.optimizer = optimizer_class([{"weight_decay": self.args.weight_decay, **g} for g in groups], **options)
+        return self.optimizer
+
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """The adapters (not the frozen base), the tokenizer if any, and the training arguments."""
         if not self.args.should_save:

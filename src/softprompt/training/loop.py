@@ -127,9 +127,7 @@ def prepare(config: TrainConfig, accelerator, resume: bool) -> Run:
         restore_prompt(checkpoint_dir, model)
     if main:
         model.print_trainable_parameters()
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay
-    )
+    optimizer = torch.optim.AdamW(model.parameter_groups(config.lr), lr=config.lr, weight_decay=config.weight_decay)
     rows_per_epoch = len(epoch_examples(train_examples, config, 0))
     batches_per_epoch = math.ceil(rows_per_epoch / config.batch_size / accelerator.num_processes)
     total_steps = math.ceil(batches_per_epoch / config.gradient_accumulation_steps) * config.epochs
