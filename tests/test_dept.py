@@ -121,6 +121,30 @@ def test_an_encoder_sees_the_offsets_on_its_first_tokens():
             torch.testing.assert_close(hidden[i, : 3 + len(row)], reference, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("task_type", ["SEQ_CLS", "FEATURE_EXTRACTION"])
+def test_a_decoder_classifier_and_feature_extractor_see_the_offsets_too(task_type):
+    torch.manual_seed(0)
+    base = tiny_model("llama_gqa")
+    if task_type == "SEQ_CLS":
+        base.config.num_labels = 3
+        base = AutoModelForSequenceClassification.from_config(base.config, attn_implementation="eager").eval()
+    else:
+        base = base.model  # the backbone: hidden states
+    options = dict(num_virtual_tokens=3, offset_length=OFFSET_LENGTH, offset_rank=2, offset_init_std=0.05)
+    model = get_peft_model(base, DePTConfig(task_type=task_type, **options)).eval()
+    ids, mask, rows = left_padded_batch(lengths=(7, 4, 2))
+    with torch.no_grad():
+        batched = model(input_ids=ids, attention_mask=mask)
+        for i, row in enumerate(rows):
+            full = torch.cat([model.prompt_source.embedding.weight, offset_embeddings(model, row)])[None]
+            reference = base(inputs_embeds=full)  # the last real token classifies; states of the row's tokens
+            if task_type == "SEQ_CLS":
+                torch.testing.assert_close(batched.logits[i], reference.logits[0], atol=1e-5, rtol=1e-5)
+            else:
+                got, want = batched.last_hidden_state[i, -len(row) :], reference.last_hidden_state[0, -len(row) :]
+                torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
 def test_the_file_holds_prompt_and_offsets_and_loads_back_equal(tmp_path):
     model = dept()
     model.save_pretrained(tmp_path)

@@ -20,6 +20,8 @@ from softprompt import (
     PrefixTuningConfig,
     PromptEncoderConfig,
     PromptTuningConfig,
+    ResidualPromptTuningConfig,
+    ULPTConfig,
     get_peft_model,
 )
 from softprompt.compat import PrefixCall, frozen_prefix_cache, prefix_attention_context
@@ -48,6 +50,10 @@ METHODS = {
         task_type="SEQ_CLS", num_virtual_tokens=4, prefix_projection=True, encoder_hidden_size=16
     ),
     "dept": lambda: DePTConfig(task_type="SEQ_CLS", num_virtual_tokens=3, offset_length=5, offset_rank=2),
+    "residual": lambda: ResidualPromptTuningConfig(
+        task_type="SEQ_CLS", num_virtual_tokens=4, bottleneck_size=8, residual_init="layer_norm"
+    ),
+    "ulpt": lambda: ULPTConfig(task_type="SEQ_CLS", num_virtual_tokens=4, low_rank=2),
 }
 
 

@@ -7,11 +7,14 @@ import torch
 from transformers import AutoModel, BertConfig, LlamaConfig, MPNetConfig, RobertaConfig
 
 from softprompt import (
+    DePTConfig,
     PeftModel,
     PeftModelForFeatureExtraction,
     PrefixTuningConfig,
     PromptEncoderConfig,
     PromptTuningConfig,
+    ResidualPromptTuningConfig,
+    ULPTConfig,
     get_peft_model,
 )
 
@@ -44,6 +47,12 @@ METHODS = {
         task_type="FEATURE_EXTRACTION", num_virtual_tokens=4, encoder_hidden_size=16
     ),
     "prefix_tuning": lambda: PrefixTuningConfig(task_type="FEATURE_EXTRACTION", num_virtual_tokens=4),
+    "residual": lambda: ResidualPromptTuningConfig(
+        task_type="FEATURE_EXTRACTION", num_virtual_tokens=4, bottleneck_size=8
+    ),
+    "ulpt": lambda: ULPTConfig(task_type="FEATURE_EXTRACTION", num_virtual_tokens=4, low_rank=2),
+    # offsets on the first 5 real tokens (left padding on the decoder: counted from each row's first real token)
+    "dept": lambda: DePTConfig(task_type="FEATURE_EXTRACTION", num_virtual_tokens=3, offset_length=5, offset_rank=2),
 }
 CASES = [(arch, method) for arch in BACKBONES for method in METHODS]
 

@@ -10,12 +10,15 @@ from transformers import AutoModelForSequenceClassification
 from softprompt import (
     AutoPeftModelForSequenceClassification,
     ConfigError,
+    DePTConfig,
     PeftModel,
     PeftModelForSequenceClassification,
     PrefixTuningConfig,
     PromptEncoderConfig,
     PromptTuningConfig,
+    ResidualPromptTuningConfig,
     TaskType,
+    ULPTConfig,
     get_peft_model,
 )
 from tiny_models import CONFIGS, VOCAB, left_padded_batch
@@ -27,7 +30,15 @@ METHODS = {
     "prompt_tuning": lambda: PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=4),
     "p_tuning": lambda: PromptEncoderConfig(task_type="SEQ_CLS", num_virtual_tokens=4, encoder_hidden_size=16),
     "prefix_tuning": lambda: PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=4),
+    "residual": lambda: ResidualPromptTuningConfig(
+        task_type="SEQ_CLS", num_virtual_tokens=4, bottleneck_size=8, residual_init="layer_norm"
+    ),
+    "ulpt": lambda: ULPTConfig(task_type="SEQ_CLS", num_virtual_tokens=4, low_rank=2),
+    "dept": lambda: DePTConfig(
+        task_type="SEQ_CLS", num_virtual_tokens=3, offset_length=5, offset_rank=2, offset_init_std=0.05
+    ),
 }
+OWN_FILE_PARTS = {"dept": {"lora_embedding_A", "lora_embedding_B"}}  # PEFT has no DePT
 
 
 def classifier(arch, seed=0):
@@ -84,7 +95,7 @@ def test_save_and_load_keep_the_head_under_peft_names(method, tmp_path):
         model.heads["default"].weight.add_(0.3)  # a trained head
     model.save_pretrained(tmp_path)
     saved = load_file(str(tmp_path / "adapter_model.safetensors"))
-    assert set(saved) == {"prompt_embeddings", "base_model.score.weight"}
+    assert set(saved) == {"prompt_embeddings", "base_model.score.weight"} | OWN_FILE_PARTS.get(method, set())
     loaded = PeftModel.from_pretrained(classifier("qwen2"), tmp_path)
     assert isinstance(loaded, PeftModelForSequenceClassification)
     ids = torch.randint(3, VOCAB, (2, 5))

@@ -95,7 +95,9 @@ def seq2seq_rows(count, seed=0):
 
 
 SEQ_CLS_METHODS = ["prompt_tuning", "p_tuning_mlp", "p_tuning_lstm", "prefix_tuning", "prefix_projection", "multitask"]
+SEQ_CLS_METHODS += ["residual", "ulpt", "dept"]  # the methods PEFT lacks
 SEQ2SEQ_METHODS = ["prompt_tuning", "p_tuning_mlp", "p_tuning_lstm", "prefix_tuning", "prefix_projection", "multitask"]
+SEQ2SEQ_METHODS += ["residual", "ulpt", "dept"]
 # task type -> (base model, data rows, methods); CPT is for causal LMs only
 TASKS = {
     "CAUSAL_LM": (lambda: tiny_model("llama_gqa"), lm_rows, list(METHOD_CONFIGS)),

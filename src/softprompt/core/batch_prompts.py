@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from .injection import Prefix, add_offsets, stack_offsets
+from .injection import Prefix, add_offsets, offsets_on_input, run_with_prefix, stack_offsets
 
 BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in adapter_names
 
@@ -70,3 +70,11 @@ class BatchPromptsMixin:
         if inputs_embeds is None:
             inputs_embeds = self.base_model.get_input_embeddings()(input_ids)
         return add_offsets(inputs_embeds, offsets.expand(inputs_embeds.shape[0], -1, -1), attention_mask)
+
+    def run_decoder(self, prefix, adapter_names, task_ids, input_ids, inputs_embeds, mask, position_ids, **kwargs):
+        """The base model (a decoder) on the batch after its `prefix` (from batch_prefix, or None), the rows' input
+        offsets (DePT) added to their first tokens. Returns the model's output for the L input positions."""
+        batch = (input_ids if input_ids is not None else inputs_embeds).shape[0]
+        offsets = self.batch_offsets(batch, adapter_names, task_ids)  # [B, s, H] or None
+        with offsets_on_input(self.base_model, offsets, 0 if prefix is None else prefix.length):
+            return run_with_prefix(self.base_model, prefix, input_ids, inputs_embeds, mask, position_ids, **kwargs)

@@ -18,7 +18,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from .. import registry
 from ..compat import accepts_position_ids, cache_argument, filled_cache, frozen_prefix_cache, layer_states
 from ..core import AutoPeftModel, PeftModel
-from ..core.injection import offsets_on_input, positions_from_mask, run_with_prefix
+from ..core.injection import offsets_on_input, positions_from_mask
 from ..data import Example, RowTokenizer, collate_training, pad_left, row_task_ids, sorted_batches
 from .base import TaskBehaviour
 
@@ -72,11 +72,9 @@ class PeftModelForCausalLM(PeftModel):
         wanted = source.prompt_logits if own_loss else labels is not None
         prefix, prompt_logits = self.batch_prefix(batch, adapter_names, wanted, task_ids)
         last_virtual_logits = None if prompt_logits is None else prompt_logits[:, -1:]  # [1, 1, V]
-        offsets = self.batch_offsets(batch, adapter_names, task_ids)  # [B, s, H] or None
-        with offsets_on_input(self.base_model, offsets, 0 if prefix is None else prefix.length):
-            logits = run_with_prefix(
-                self.base_model, prefix, input_ids, inputs_embeds, attention_mask, position_ids, **kwargs
-            ).logits  # [B, T, V]: the last T input positions
+        logits = self.run_decoder(
+            prefix, adapter_names, task_ids, input_ids, inputs_embeds, attention_mask, position_ids, **kwargs
+        ).logits  # [B, T, V]: the last T input positions
         if own_loss:
             return CausalLMOutputWithPast(loss=source.loss(prompt_logits, logits, labels, **loss_inputs), logits=logits)
         num_virtual = 0

@@ -16,7 +16,6 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from .. import registry
 from ..core import BASE_ADAPTER, AutoPeftModel, PeftModel
-from ..core.injection import run_with_prefix
 
 
 class PeftModelForFeatureExtraction(PeftModel):
@@ -40,7 +39,9 @@ class PeftModelForFeatureExtraction(PeftModel):
         base = self.base_model
         if not self.shape.bidirectional:
             prefix, _ = self.batch_prefix(batch, adapter_names, task_ids=task_ids)
-            output = run_with_prefix(base, prefix, input_ids, inputs_embeds, attention_mask, position_ids, **kwargs)
+            output = self.run_decoder(
+                prefix, adapter_names, task_ids, input_ids, inputs_embeds, attention_mask, position_ids, **kwargs
+            )
             return aligned(output, length)
         names = set(adapter_names or [None if self.adapters_disabled else self.active_adapter])
         if len(names) > 1:

@@ -30,7 +30,6 @@ from transformers.modeling_outputs import SequenceClassifierOutputWithPast
 from .. import registry
 from ..config import PromptLearningConfig
 from ..core import AutoPeftModel
-from ..core.injection import run_with_prefix
 from ..data import Example, RowTokenizer, sorted_batches
 from .base import TaskBehaviour
 from .heads import AdapterHeads
@@ -92,16 +91,10 @@ class PeftModelForSequenceClassification(AdapterHeads):
         else:
             prefix, _ = self.batch_prefix(batch, adapter_names, task_ids=task_ids)
             with self.head_of(name):
-                output = run_with_prefix(
-                    self.base_model,
-                    prefix,
-                    input_ids,
-                    inputs_embeds,
-                    attention_mask,
-                    position_ids,
-                    labels=labels,
-                    **kwargs,
-                )
+                output = self.run_decoder(
+                    prefix, adapter_names, task_ids, input_ids, inputs_embeds, attention_mask, position_ids,
+                    labels=labels, **kwargs,
+                )  # fmt: skip
         return SequenceClassifierOutputWithPast(loss=output.loss, logits=output.logits)
 
     def encoder_forward(self, name, task_ids, input_ids, inputs_embeds, attention_mask, labels, **kwargs):
