@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/quality.py                # twitter_complaints: 3 prompt methods, guide, LoRA; 5 seeds
     .venv/bin/python benchmarks/quality.py --task tweet_eval_hate --methods prompt_tuning lora
+    .venv/bin/python benchmarks/quality.py --methods residual_prompt_tuning ulpt dept   # the methods PEFT lacks
     .venv/bin/python benchmarks/quality.py --quick        # seed 42 only (reuses whatever is cached)
     .venv/bin/python benchmarks/quality.py --table benchmarks/results/quality.json
     .venv/bin/python benchmarks/quality.py --smoke        # seconds: a tiny random model, toy rows, 2 epochs
@@ -45,7 +46,9 @@ import torch
 import common
 
 PROMPT_METHODS = ["prompt_tuning", "p_tuning", "prefix_tuning"]
-METHODS = PROMPT_METHODS + ["peft_guide", "lora"]
+NEW_METHODS = ["residual_prompt_tuning", "ulpt", "dept"]  # PEFT lacks these; run them with --methods
+METHODS = PROMPT_METHODS + NEW_METHODS + ["peft_guide", "lora"]
+DEFAULT_METHODS = PROMPT_METHODS + ["peft_guide", "lora"]
 LORA = {"r": 8, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"], "lr": 1e-3, "epochs": 10}
 # PEFT's prompt-tuning guide for causal LMs (twitter_complaints on bloomz-560m): its init text,
 # and the same sentence for the other tasks
@@ -337,7 +340,7 @@ def table(runs: list[dict], task: Task = TWITTER) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=METHODS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44, 45, 46])
     parser.add_argument("--quick", action="store_true", help="seed 42 only (a quick look; cached runs are reused)")
     parser.add_argument("--task", default="twitter_complaints", choices=sorted(TASKS))
