@@ -6,10 +6,13 @@ import torch
 
 from softprompt import (
     AdapterError,
+    DePTConfig,
     PeftModel,
     PrefixTuningConfig,
     PromptEncoderConfig,
     PromptTuningConfig,
+    ResidualPromptTuningConfig,
+    ULPTConfig,
     get_peft_model,
 )
 from tiny_models import ARCHITECTURES, left_padded_batch, tiny_model
@@ -268,3 +271,25 @@ def test_transformers_own_adapter_methods_are_not_reachable_through_the_wrapper(
         with pytest.raises(AttributeError, match="bypass softprompt's adapters"):
             getattr(model, name)
     assert model.config is model.base_model.config  # ordinary attributes still forward
+
+
+@pytest.mark.parametrize("arch", ["llama_gqa", "gpt2", "qwen2"])
+def test_the_methods_peft_lacks_mix_per_row_with_every_other_method(arch):
+    model = multi_adapter_model(arch)
+    model.add_adapter(
+        "residual", ResidualPromptTuningConfig(num_virtual_tokens=4, bottleneck_size=8, residual_init="layer_norm")
+    )
+    model.add_adapter("ulpt", ULPTConfig(num_virtual_tokens=2, low_rank=2))
+    model.add_adapter("dept", DePTConfig(num_virtual_tokens=3, offset_length=4, offset_rank=2, offset_init_std=0.05))
+    model.eval()
+    names = ["dept", "residual", None, "lstm", "ulpt", "prefix", "dept", "projection", "pt"]
+    input_ids, attention_mask, rows = left_padded_batch(lengths=(7, 4, 2, 5, 3, 6, 3, 5, 4))
+    settings = dict(max_new_tokens=4, do_sample=False, pad_token_id=0, eos_token_id=None)
+    with torch.no_grad():
+        mixed = model(input_ids=input_ids, attention_mask=attention_mask, adapter_names=names).logits  # [B, T, V]
+        generated = model.generate(input_ids=input_ids, attention_mask=attention_mask, adapter_names=names, **settings)
+        for i, (name, row) in enumerate(zip(names, rows)):
+            expected = alone(model, name, lambda row=row: model(input_ids=row[None]).logits[0])
+            torch.testing.assert_close(mixed[i, -len(row) :], expected, atol=1e-4, rtol=0)
+            greedy = alone(model, name, lambda row=row: model.generate(input_ids=row[None], **settings)[0])
+            assert generated[i, -len(greedy) :].tolist() == greedy.tolist(), (name, i)
