@@ -27,3 +27,20 @@ def trained_adapters(tmp_path_factory):
         train(TrainConfig.from_dict(config))
         folders[name] = str(tmp_path / name / "adapter")
     return folders
+
+
+# One Predictor per test module over those adapters (a module's server may load and unload adapters on it), and a
+# separate one for the answers each adapter gives outside the server.
+@pytest.fixture(scope="module")
+def predictor(trained_adapters):
+    from softprompt import Predictor
+
+    return Predictor.from_pretrained(trained_adapters)
+
+
+@pytest.fixture(scope="module")
+def offline(trained_adapters):
+    """A separate Predictor: the answers each adapter gives outside the server."""
+    from softprompt import Predictor
+
+    return Predictor.from_pretrained(trained_adapters)

@@ -24,17 +24,6 @@ KEY = "test-key"
 TEXTS = ["my order never arrived", "thanks for the quick help", "@Shop3 wifi down all day"]
 
 
-@pytest.fixture(scope="module")
-def predictor(trained_adapters):
-    return Predictor.from_pretrained(trained_adapters)
-
-
-@pytest.fixture(scope="module")
-def offline(trained_adapters):
-    """A separate Predictor: the answers each adapter gives outside the server."""
-    return Predictor.from_pretrained(trained_adapters)
-
-
 @pytest.fixture
 def client(predictor):
     with TestClient(create_app(predictor, api_key=KEY, max_wait_ms=20)) as client:

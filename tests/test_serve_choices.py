@@ -8,22 +8,10 @@ import openai
 import pytest
 from fastapi.testclient import TestClient
 
-from softprompt import Predictor
 from softprompt.serving import create_app
 
 KEY = "choices-key"
 PROMPTS = ["Tweet text : my order never arrived Label :", "thanks for the quick help", "@Shop3 wifi down all day"]
-
-
-@pytest.fixture(scope="module")
-def predictor(trained_adapters):
-    return Predictor.from_pretrained(trained_adapters)
-
-
-@pytest.fixture(scope="module")
-def offline(trained_adapters):
-    """A separate Predictor: the answers each adapter gives outside the server."""
-    return Predictor.from_pretrained(trained_adapters)
 
 
 @pytest.fixture

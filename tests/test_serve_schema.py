@@ -11,7 +11,6 @@ schemathesis = pytest.importorskip("schemathesis")
 
 from schemathesis.engine import Status, events, from_schema  # noqa: E402
 
-from softprompt import Predictor  # noqa: E402
 from softprompt.serving import create_app  # noqa: E402
 
 KEY = "schema-key"
@@ -36,11 +35,6 @@ OPERATIONS = {
     ("/health", "get"),
     ("/metrics", "get"),
 }
-
-
-@pytest.fixture(scope="module")
-def predictor(trained_adapters):
-    return Predictor.from_pretrained(trained_adapters)
 
 
 @pytest.mark.parametrize("api_key", [KEY, None])
