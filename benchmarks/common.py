@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import random
 import re
 import resource
 import subprocess
@@ -43,6 +44,10 @@ HUB_COPIES = [
     re.compile(r"hf://datasets/ought/raft@refs/convert/parquet/(?P<task>[^/]+)/(?P<split>train|test)/"),
     re.compile(r"hf://datasets/nyu-mll/glue/(?P<task>sst2)/(?P<split>train|validation|test)-"),
 ]
+# Each RAFT task's text column, and the tasks scored on a fixed random sample of their dev rows (banking77's dev is
+# nearly all of RAFT's 5,000 test queries)
+TEXT_COLUMNS = {"twitter_complaints": "Tweet text", "tweet_eval_hate": "Tweet", "banking77": "Query"}
+DEV_SAMPLES = {"banking77": 400}
 LOCAL_NAMES = {"banking_77": "banking77"}  # the Hub's task names where the local folder is named otherwise
 SMOLLM2, MINILM = "HuggingFaceTB/SmolLM2-135M-Instruct", "sentence-transformers/all-MiniLM-L6-v2"  # the built-ins
 
@@ -105,6 +110,12 @@ def read_rows(path: Path, limit: int | None = None) -> list[dict]:
 def task_rows(split: str, limit: int | None = None, task: str = "twitter_complaints") -> list[dict]:
     """A task's rows of one split (train, dev, test) as CSV strings, the first `limit` only if given."""
     return read_rows(task_file(split, task), limit)
+
+
+def sample_dev(rows: list, task: str) -> list:
+    """The dev rows a task is scored on: all of them, or DEV_SAMPLES[task] of them drawn with seed 0."""
+    count = DEV_SAMPLES.get(task)
+    return random.Random(0).sample(rows, count) if count else rows
 
 
 def write_rows(path: Path, rows: list[dict], fieldnames: list[str] | None = None) -> Path:

@@ -1,16 +1,18 @@
 """Sequence classification on the offline encoder all-MiniLM-L6-v2: softprompt vs PEFT 0.21 on the same job, the shipped
-recipes, SetFit, and a logistic regression on the frozen mean-pooled embeddings. RAFT twitter_complaints: 50 train
-tweets, scored on the 400 labelled dev tweets.
+recipes, SetFit, and a logistic regression on the frozen mean-pooled embeddings, on a RAFT task's 50 train rows
+(--task: twitter_complaints by default, tweet_eval_hate, banking77), scored on its labelled dev rows (400; banking77:
+400 drawn with seed 0 from its 5,000, as benchmarks/quality.py scores them).
 
     .venv/bin/python benchmarks/encoder.py                  # the full run (about 15 min on 2 CPU cores)
     .venv/bin/python benchmarks/encoder.py --quick          # plumbing check: 2 epochs, 64 dev tweets, a short SetFit
     .venv/bin/python benchmarks/encoder.py --table benchmarks/results/encoder.json
-    .venv/bin/python benchmarks/encoder.py --seeds 42 43 44 45 46   # the shipped configs over training seeds
+    .venv/bin/python benchmarks/encoder.py --seeds 42 43 44 45 46   # shipped configs and SetFit over seeds
+    .venv/bin/python benchmarks/encoder.py --task banking77 --seeds 42 43 44 45 46 --methods prompt_tuning
     .venv/bin/python benchmarks/encoder.py --overhead               # one training step: each wrapper vs the backbone
     .venv/bin/python benchmarks/encoder.py --smoke                  # seconds: a tiny random BERT, toy rows
 
 Every run is its own child process (peak RSS is its own), one at a time. Rows per method (prompt tuning, p-tuning,
-prefix tuning), for each the hyperparameters of configs/twitter_complaints/minilm_<method>.yaml:
+prefix tuning), for each the hyperparameters of configs/<task>/minilm_<method>.yaml:
 
 - "same job": softprompt and PEFT in one training loop, softprompt's recipe in the library's own epoch loop
   (common.fit): the same model weights (the local folder softprompt.base_models resolves; the random head seeded
@@ -25,13 +27,14 @@ prefix tuning), for each the hyperparameters of configs/twitter_complaints/minil
   is the child's maximum resident set (model loading included).
 - "shipped config": `softprompt train --config configs/twitter_complaints/minilm_<method>.yaml --eval_file null`
   as a user runs it (its own loop; its pooling and head start), then its adapter scores dev through the Predictor.
-- SetFit (`setfit`, default TrainingArguments, seed 42) on the same encoder folder and the same 50 tweets, run with
+- SetFit (`setfit`, default TrainingArguments, seed 42) on the same encoder folder and the same 50 rows, run with
   .venv's python if it has setfit, else /work/setfit-venv's; skipped with a message when neither has it.
 - Logistic regression on the frozen encoder's mean-pooled, L2-normalised embeddings (what sentence-transformers'
   encode gives for this model): sklearn's LogisticRegression with default settings, and with balanced class weights
   (sklearn if installed, else the same objective by torch LBFGS).
-Results: benchmarks/results/encoder.json (--quick: encoder_quick.json; --seeds: encoder_seeds.json, resumable;
---overhead: encoder_overhead.json).
+Results: benchmarks/results/encoder.json (--quick: encoder_quick.json; --seeds: encoder_seeds.json, resumable, with
+SetFit at each seed and the logistic regression once; --overhead: encoder_overhead.json); other tasks than
+twitter_complaints add _<task> to the name (encoder_seeds_banking77.json).
 """
 
 from __future__ import annotations
@@ -51,14 +54,15 @@ from common import peak_rss_mb
 
 SETFIT_VENV = Path("/work/setfit-venv/bin/python")
 METHODS = ["prompt_tuning", "p_tuning", "prefix_tuning"]
-NAMES = ["complaint", "no complaint"]  # Label 1, 2
+TASKS = ["twitter_complaints", "tweet_eval_hate", "banking77"]
 ENCODER = "all-minilm-l6-v2"
 
 
 def macro_f1(gold: list[int], predicted: list[int]) -> dict:
-    """Accuracy and macro-F1 over the classes of `gold` (no library needed: the SetFit child may lack softprompt)."""
+    """Accuracy and macro-F1 over the classes in `gold` or `predicted`, as scikit-learn's and softprompt's (no library
+    needed: the SetFit child may lack softprompt)."""
     scores = []
-    for label in sorted(set(gold)):
+    for label in sorted(set(gold) | set(predicted)):
         tp = sum(g == p == label for g, p in zip(gold, predicted))
         fp = sum(p == label != g for g, p in zip(gold, predicted))
         fn = sum(g == label != p for g, p in zip(gold, predicted))
@@ -66,12 +70,24 @@ def macro_f1(gold: list[int], predicted: list[int]) -> dict:
     return {"accuracy": sum(g == p for g, p in zip(gold, predicted)) / len(gold), "macro_f1": sum(scores) / len(scores)}
 
 
-def config_file(method: str) -> Path:
-    return common.CONFIGS / "twitter_complaints" / f"minilm_{method}.yaml"
+def config_file(method: str, task: str) -> Path:
+    return common.CONFIGS / task / f"minilm_{method}.yaml"
+
+
+def dev_rows(task: str, limit: int | None) -> list[dict]:
+    """The task's scored dev rows (the first `limit`, if given)."""
+    return common.sample_dev(common.task_rows("dev", task=task), task)[:limit]
+
+
+def texts_and_labels(rows: list[dict], task: str) -> tuple[list[str], list[int]]:
+    """A RAFT task's texts and class positions (RAFT's Label 0 is "Unlabeled": class c is Label c + 1)."""
+    return [r[common.TEXT_COLUMNS[task]] for r in rows], [int(r["Label"]) - 1 for r in rows]
 
 
 # ---- children ------------------------------------------------------------------------------------
-def same_job(library: str, method: str, batching: str, epochs: int | None, dev_limit: int | None, seed: int) -> dict:
+def same_job(
+    task: str, library: str, method: str, batching: str, epochs: int | None, dev_limit: int | None, seed: int
+) -> dict:
     """One training loop for both libraries; the wrapper and the batching differ. batching "grouped": softprompt's
     (shuffled, then rows of similar length batched together); "shuffled": PEFT's sequence classification example
     (a shuffled DataLoader and DataCollatorWithPadding, each batch padded to its longest row)."""
@@ -83,9 +99,9 @@ def same_job(library: str, method: str, batching: str, epochs: int | None, dev_l
     from softprompt.task_types.seq_cls import HeadClassification as SequenceClassification
 
     config = common.local_config(
-        config_file(method),
+        config_file(method, task),
         {
-            "train_file": str(common.task_file("train")),
+            "train_file": str(common.task_file("train", task)),
             "eval_file": None,
             "seed": seed,
             **({"epochs": epochs} if epochs else {}),
@@ -93,8 +109,8 @@ def same_job(library: str, method: str, batching: str, epochs: int | None, dev_l
     )
     tokenizer = load_tokenizer(config.model)
     encoder = RowTokenizer(tokenizer, config.task, config.task.label_names)
-    train_examples = [encoder.encode(row) for row in common.task_rows("train")]
-    dev_examples = [encoder.encode(row) for row in common.task_rows("dev", dev_limit)]
+    train_examples = [encoder.encode(row) for row in common.task_rows("train", task=task)]
+    dev_examples = [encoder.encode(row) for row in dev_rows(task, dev_limit)]
     torch.manual_seed(seed)
     base = load_base_model(
         config.model, auto_class=AutoModelForSequenceClassification, num_labels=len(encoder.class_names)
@@ -170,7 +186,7 @@ def same_job(library: str, method: str, batching: str, epochs: int | None, dev_l
     }
 
 
-def shipped_config(method: str, epochs: int | None, dev_limit: int | None, seed: int) -> dict:
+def shipped_config(task: str, method: str, epochs: int | None, dev_limit: int | None, seed: int) -> dict:
     """What a user runs: softprompt train on the shipped config, then the Predictor on dev."""
     from softprompt import Predictor
     from softprompt.data import RowTokenizer, load_table
@@ -179,18 +195,18 @@ def shipped_config(method: str, epochs: int | None, dev_limit: int | None, seed:
 
     with tempfile.TemporaryDirectory() as folder:
         overrides = {
-            "train_file": str(common.task_file("train")),
+            "train_file": str(common.task_file("train", task)),
             "eval_file": None,
             "output_dir": folder,
             "progress": False,
             "seed": seed,
             **({"epochs": epochs} if epochs else {}),
         }
-        config = common.local_config(config_file(method), overrides)
+        config = common.local_config(config_file(method, task), overrides)
         train(config)
         history = [json.loads(line) for line in (Path(folder) / "metrics.jsonl").read_text().splitlines()]
         predictor = Predictor.from_pretrained(str(Path(folder) / "adapter"), device="cpu")
-        dev = common.task_rows("dev", dev_limit)
+        dev = dev_rows(task, dev_limit)
         encoder = predictor.row_tokenizer()
         gold = [encoder.class_names.index(config.task.label_names[int(row["Label"])]) for row in dev]
         predicted = predictor.probabilities(dev).argmax(-1).tolist()
@@ -216,15 +232,14 @@ def shipped_config(method: str, epochs: int | None, dev_limit: int | None, seed:
     }
 
 
-def setfit_child(folder: str, dev_limit: int | None, seed: int, quick: bool) -> dict:
+def setfit_child(task: str, folder: str, dev_limit: int | None, seed: int, quick: bool) -> dict:
     """SetFit with its default arguments (no softprompt import: this may run in another venv)."""
     from datasets import Dataset
     from setfit import SetFitModel, Trainer, TrainingArguments
 
-    train_rows, dev = common.task_rows("train"), common.task_rows("dev", dev_limit)
-    train_set = Dataset.from_dict(
-        {"text": [r["Tweet text"] for r in train_rows], "label": [int(r["Label"]) - 1 for r in train_rows]}
-    )
+    texts, labels = texts_and_labels(common.task_rows("train", task=task), task)
+    dev_texts, gold = texts_and_labels(dev_rows(task, dev_limit), task)
+    train_set = Dataset.from_dict({"text": texts, "label": labels})
     model = SetFitModel.from_pretrained(folder)
     with tempfile.TemporaryDirectory(prefix="setfit-") as output_dir:  # defaults, but checkpoints not in ./checkpoints
         args = TrainingArguments(output_dir=output_dir, seed=seed, **({"max_steps": 10} if quick else {}))
@@ -232,7 +247,7 @@ def setfit_child(folder: str, dev_limit: int | None, seed: int, quick: bool) -> 
         started = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - started
-    predicted = [int(p) for p in model.predict([r["Tweet text"] for r in dev])]
+    predicted = [int(p) for p in model.predict(dev_texts)]
     import setfit
 
     return {
@@ -241,11 +256,11 @@ def setfit_child(folder: str, dev_limit: int | None, seed: int, quick: bool) -> 
         "arguments": "defaults" + (" (quick: max_steps 10)" if quick else ""),
         "train_seconds": seconds,
         "peak_rss_mb": peak_rss_mb(),
-        **macro_f1([int(r["Label"]) - 1 for r in dev], predicted),
+        **macro_f1(gold, predicted),
     }
 
 
-def probe_child(dev_limit: int | None) -> dict:
+def probe_child(task: str, dev_limit: int | None) -> dict:
     """Logistic regression on the frozen encoder's mean-pooled, L2-normalised embeddings."""
     import torch
     from transformers import AutoModel
@@ -255,12 +270,12 @@ def probe_child(dev_limit: int | None) -> dict:
     name = common.model_name(ENCODER)
     tokenizer, model = load_tokenizer(name), AutoModel.from_pretrained(resolve(name)).eval()
 
-    def embed(rows):
+    def embed(texts: list[str]) -> torch.Tensor:  # [N, H]
         out = []
         with torch.no_grad():
-            for start in range(0, len(rows), 32):
+            for start in range(0, len(texts), 32):
                 batch = tokenizer(
-                    [r["Tweet text"] for r in rows[start : start + 32]],
+                    texts[start : start + 32],
                     padding=True,
                     truncation=True,
                     max_length=128,
@@ -271,10 +286,10 @@ def probe_child(dev_limit: int | None) -> dict:
                 out.append(torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1))
         return torch.cat(out)
 
-    train_rows, dev = common.task_rows("train"), common.task_rows("dev", dev_limit)
+    texts, y_train = texts_and_labels(common.task_rows("train", task=task), task)
+    dev_texts, gold = texts_and_labels(dev_rows(task, dev_limit), task)
     started = time.perf_counter()
-    x_train, y_train = embed(train_rows), [int(r["Label"]) - 1 for r in train_rows]
-    x_dev, gold = embed(dev), [int(r["Label"]) - 1 for r in dev]
+    x_train, x_dev = embed(texts), embed(dev_texts)
     results = {}
     for name, balanced in (("default", False), ("balanced", True)):
         try:
@@ -472,26 +487,61 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def seed_table(results: dict) -> str:
+def spread_row(label: str, runs: dict) -> str | None:
+    """A table row of runs by seed: each seed's macro-F1, their mean (sd) and mean accuracy."""
     import statistics
 
-    lines = ["| shipped config | dev macro-F1 by seed | mean (sd) | mean accuracy |", "|---|---|---|---|"]
-    for method, runs in results["runs"].items():
-        good = {seed: r for seed, r in runs.items() if "macro_f1" in r}
-        f1 = [r["macro_f1"] for r in good.values()]
-        if len(f1) > 1:
-            by_seed = ", ".join(f"{seed}: {r['macro_f1']:.3f}" for seed, r in good.items())
+    good = {seed: r for seed, r in runs.items() if "macro_f1" in r}
+    f1 = [r["macro_f1"] for r in good.values()]
+    if len(f1) < 2:
+        return None
+    by_seed = ", ".join(f"{seed}: {r['macro_f1']:.3f}" for seed, r in good.items())
+    return (
+        f"| {label} | {by_seed} | {statistics.mean(f1):.3f} ({statistics.stdev(f1):.3f}) | "
+        f"{statistics.mean(r['accuracy'] for r in good.values()):.3f} |"
+    )
+
+
+def seed_table(results: dict) -> str:
+    lines = ["| run | dev macro-F1 by seed | mean (sd) | mean accuracy |", "|---|---|---|---|"]
+    rows = [spread_row(f"minilm_{method}.yaml", runs) for method, runs in results["runs"].items()]
+    setfit = results.get("setfit", {})
+    if setfit and all(isinstance(r, dict) for r in setfit.values()):  # by seed
+        version = next((r.get("version") for r in setfit.values() if "version" in r), "")
+        rows.append(spread_row(f"SetFit {version}, defaults", setfit))
+    lines += [row for row in rows if row]
+    probe = results.get("probe", {})
+    for name in ("default", "balanced"):
+        if name in probe:  # deterministic: one run
             lines.append(
-                f"| minilm_{method}.yaml | {by_seed} | "
-                f"{statistics.mean(f1):.3f} ({statistics.stdev(f1):.3f}) | "
-                f"{statistics.mean(r['accuracy'] for r in good.values()):.3f} |"
+                f"| frozen mean-pooled embeddings, {probe[name]['how']} | (no seed) | "
+                f"{probe[name]['macro_f1']:.3f} | {probe[name]['accuracy']:.3f} |"
             )
     return "\n".join(lines)
 
 
-def main() -> int:
+def worker(args) -> int:
+    """One child's job (args.worker: its kind and arguments), its result written to args.worker_out."""
+    kind, *rest = args.worker
+    task, seed = args.task, args.seed
+    if kind == "same":
+        result = same_job(task, rest[0], rest[1], rest[2], args.epochs, args.dev_limit, seed)
+    elif kind == "shipped":
+        result = shipped_config(task, rest[0], args.epochs, args.dev_limit, seed)
+    elif kind == "overhead":
+        result = overhead_child(seed)
+    elif kind == "setfit":
+        result = setfit_child(task, rest[0], args.dev_limit, seed, args.quick)
+    else:
+        result = probe_child(task, args.dev_limit)
+    Path(args.worker_out).write_text(json.dumps(result))
+    return 0
+
+
+def parse_arguments():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="2 epochs, 64 dev tweets, SetFit for 10 steps")
+    parser.add_argument("--task", default="twitter_complaints", choices=TASKS)
+    parser.add_argument("--quick", action="store_true", help="2 epochs, 64 dev rows, SetFit for 10 steps")
     parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", default=None)
@@ -502,7 +552,10 @@ def main() -> int:
         help="only the per-step timing of the wrappers (results/encoder_overhead.json)",
     )
     parser.add_argument(
-        "--seeds", nargs="+", type=int, help="only the shipped configs, once per seed (results/encoder_seeds.json)"
+        "--seeds",
+        nargs="+",
+        type=int,
+        help="the shipped configs and SetFit once per seed, the logistic regression once (results/encoder_seeds.json)",
     )
     parser.add_argument("--table", metavar="JSON", help="print the table of a result file and exit")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
@@ -510,7 +563,100 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--dev-limit", type=int, default=None, help=argparse.SUPPRESS)
     common.add_smoke_argument(parser)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+class Runner:
+    """The parent: each run in a child process of this script, its result kept in `results` and saved to `out`."""
+
+    def __init__(self, args, folder: str, results: dict, out: Path):
+        self.args, self.folder, self.results, self.out = args, folder, results, out
+        self.quick = args.quick or args.smoke is not None
+        self.epochs, self.dev_limit = (2, 8) if args.smoke is not None else (2, 64) if args.quick else (None, None)
+        self.scratch_folder = tempfile.TemporaryDirectory(prefix="encoder-bench-")  # removed when the run ends
+
+    def options(self, seed: int) -> list[str]:
+        return (
+            ["--task", self.args.task, "--seed", str(seed)]
+            + (["--epochs", str(self.epochs)] if self.epochs else [])
+            + (["--dev-limit", str(self.dev_limit)] if self.dev_limit else [])
+        )
+
+    def child(self, *job: str, seed: int | None = None, python: str = sys.executable) -> dict:
+        options = self.options(self.args.seed if seed is None else seed)
+        return run_child(python, ["--worker", *job, *options], Path(self.scratch_folder.name) / "child.json")
+
+    def save(self) -> None:
+        common.write_json(self.out, self.results, indent=1)
+
+    def setfit(self, seed: int | None = None) -> dict:
+        python = setfit_python()
+        if python is None:
+            skipped = {"skipped": f"setfit is not installed in {sys.executable} nor {SETFIT_VENV}"}
+            print(f"SetFit skipped: {skipped['skipped']}")
+            return skipped
+        print(f"SetFit ({python}), seed {self.args.seed if seed is None else seed} ...", flush=True)
+        return self.child("setfit", self.folder, *(["--quick"] if self.quick else []), seed=seed, python=python)
+
+    def probe(self) -> None:
+        print("logistic regression on frozen embeddings ...", flush=True)
+        self.results["probe"] = self.child("probe")
+        self.save()
+
+    def seeds(self) -> None:
+        """The spread over training seeds of the shipped recipes and of SetFit (dev figures reported, never chosen
+        by); resumable: runs already in the results file are kept."""
+        args, results = self.args, self.results
+        previous = common.read_json(self.out, {})
+        results["runs"] = previous.get("runs", {})
+        results["setfit"] = {k: v for k, v in previous.get("setfit", {}).items() if isinstance(v, dict)}
+        if "probe" in previous:
+            results["probe"] = previous["probe"]
+        for method in args.methods:
+            for seed in args.seeds:
+                if "macro_f1" not in results["runs"].get(method, {}).get(str(seed), {}):
+                    print(f"{method}: shipped config, seed {seed} ...", flush=True)
+                    results["runs"].setdefault(method, {})[str(seed)] = self.child("shipped", method, seed=seed)
+                    self.save()
+        for seed in args.seeds if "setfit" not in args.skip else []:
+            if "macro_f1" not in results["setfit"].get(str(seed), {}):
+                results["setfit"][str(seed)] = self.setfit(seed)
+                self.save()
+        if "probe" not in args.skip and "probe" not in results:
+            self.probe()
+        results["seeds"] = args.seeds
+        self.save()
+        print(seed_table(results))
+
+    def once(self) -> None:
+        """Each method's same job (both libraries) and shipped config, SetFit and the logistic regression, once."""
+        args, results = self.args, self.results
+        for index, method in enumerate(args.methods):
+            runs = results["runs"].setdefault(method, {})
+            if "same" not in args.skip:
+                jobs = [("peft", "shuffled"), ("softprompt", "grouped"), ("peft", "grouped")]
+                for library, batching in jobs if index % 2 == 0 else jobs[::-1]:  # alternate who goes first
+                    if library == "peft" and batching == "grouped" and "error" in runs.get("peft", {}):
+                        continue  # PEFT cannot run this method at all
+                    print(f"{method}: {library}, {batching} batches ...", flush=True)
+                    key = library if (library, batching) != ("peft", "grouped") else "peft_grouped"
+                    runs[key] = self.child("same", library, method, batching)
+                    self.save()
+            if "shipped" not in args.skip and config_file(method, args.task).is_file():
+                print(f"{method}: softprompt train, shipped config ...", flush=True)
+                runs["shipped"] = self.child("shipped", method)
+                self.save()
+        if "setfit" not in args.skip:
+            results["setfit"] = self.setfit()
+            self.save()
+        if "probe" not in args.skip:
+            self.probe()
+        print(table(results))
+        print(f"\nwritten: {self.out}")
+
+
+def main() -> int:
+    args = parse_arguments()
     if args.smoke is not None:  # 2 epochs, 8 dev rows, a short SetFit if it is installed
         common.start_smoke(args.smoke, encoder=True)
     if args.table:
@@ -518,20 +664,8 @@ def main() -> int:
         print(seed_table(data) if "seeds" in data else table(data))
         return 0
     if args.worker:
-        kind, *rest = args.worker
-        if kind == "same":
-            result = same_job(rest[0], rest[1], rest[2], args.epochs, args.dev_limit, args.seed)
-        elif kind == "shipped":
-            result = shipped_config(rest[0], args.epochs, args.dev_limit, args.seed)
-        elif kind == "overhead":
-            result = overhead_child(args.seed)
-        elif kind == "setfit":
-            result = setfit_child(rest[0], args.dev_limit, args.seed, args.quick)
-        else:
-            result = probe_child(args.dev_limit)
-        Path(args.worker_out).write_text(json.dumps(result))
-        return 0
-    if common.absent(common.task_file("train"), common.task_file("dev")):
+        return worker(args)
+    if common.absent(common.task_file("train", args.task), common.task_file("dev", args.task)):
         return 0
     from softprompt.base_models import ModelNotFoundError, resolve
 
@@ -544,13 +678,6 @@ def main() -> int:
     import torch
     import transformers
 
-    quick = args.quick or args.smoke is not None
-    epochs, dev_limit = (2, 8) if args.smoke is not None else (2, 64) if args.quick else (None, None)
-    shared = (
-        ["--seed", str(args.seed)]
-        + (["--epochs", str(epochs)] if epochs else [])
-        + (["--dev-limit", str(dev_limit)] if dev_limit else [])
-    )
     results = {
         "command": " ".join(["python", "benchmarks/encoder.py", *sys.argv[1:]]),
         "machine": {
@@ -560,82 +687,23 @@ def main() -> int:
         },
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
         "model": folder,
-        "dev_tweets": dev_limit or len(common.task_rows("dev")),
+        "task": args.task,
         "methods": args.methods,
         "runs": {},
     }
-    name = "encoder_quick.json" if args.quick else "encoder_seeds.json" if args.seeds else "encoder.json"
-    out = common.results_path("encoder_overhead.json" if args.overhead else name, args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    scratch_folder = tempfile.TemporaryDirectory(prefix="encoder-bench-")  # removed when the run ends
-    scratch = Path(scratch_folder.name)
+    suffix = "" if args.task == "twitter_complaints" else f"_{args.task}"
+    name = "encoder_quick" if args.quick else "encoder_seeds" if args.seeds else "encoder"
+    out = common.results_path("encoder_overhead.json" if args.overhead else f"{name}{suffix}.json", args.out)
+    runner = Runner(args, folder, results, out)
+    results["dev_rows"] = runner.dev_limit or len(dev_rows(args.task, None))
     if args.overhead:
-        results = {
-            **results,
-            "overhead": run_child(
-                sys.executable, ["--worker", "overhead", "--seed", str(args.seed)], scratch / "child.json"
-            ),
-        }
-        common.write_json(out, results, indent=1)
+        results["overhead"] = runner.child("overhead")
+        runner.save()
         print(json.dumps(results["overhead"], indent=1))
-        return 0
-    if args.seeds:  # the spread of the shipped recipes over training seeds (dev figures reported, never chosen by)
-        results["runs"] = common.read_json(out, {}).get("runs", {})  # resume: keep the runs already made
-        for method in args.methods:
-            for seed in args.seeds:
-                if "macro_f1" in results["runs"].get(method, {}).get(str(seed), {}):
-                    continue
-                print(f"{method}: shipped config, seed {seed} ...", flush=True)
-                options = ["--seed", str(seed)] + shared[2:]
-                run = run_child(sys.executable, ["--worker", "shipped", method, *options], scratch / "child.json")
-                results["runs"].setdefault(method, {})[str(seed)] = run
-                common.write_json(out, results, indent=1)
-        results["seeds"] = args.seeds
-        common.write_json(out, results, indent=1)
-        print(seed_table(results))
-        return 0
-
-    def save():
-        common.write_json(out, results, indent=1)
-
-    for index, method in enumerate(args.methods):
-        runs = results["runs"].setdefault(method, {})
-        if "same" not in args.skip:
-            jobs = [("peft", "shuffled"), ("softprompt", "grouped"), ("peft", "grouped")]
-            for library, batching in jobs if index % 2 == 0 else jobs[::-1]:  # alternate who goes first
-                if library == "peft" and batching == "grouped" and "error" in runs.get("peft", {}):
-                    continue  # PEFT cannot run this method at all
-                print(f"{method}: {library}, {batching} batches ...", flush=True)
-                key = library if (library, batching) != ("peft", "grouped") else "peft_grouped"
-                runs[key] = run_child(
-                    sys.executable, ["--worker", "same", library, method, batching, *shared], scratch / "child.json"
-                )
-                save()
-        if "shipped" not in args.skip and config_file(method).is_file():
-            print(f"{method}: softprompt train, shipped config ...", flush=True)
-            runs["shipped"] = run_child(
-                sys.executable, ["--worker", "shipped", method, *shared], scratch / "child.json"
-            )
-            save()
-    if "setfit" not in args.skip:
-        python = setfit_python()
-        if python is None:
-            results["setfit"] = {"skipped": f"setfit is not installed in {sys.executable} nor {SETFIT_VENV}"}
-            print(f"SetFit skipped: {results['setfit']['skipped']}")
-        else:
-            print(f"SetFit ({python}) ...", flush=True)
-            results["setfit"] = run_child(
-                python,
-                ["--worker", "setfit", folder, *shared] + (["--quick"] if quick else []),
-                scratch / "child.json",
-            )
-        save()
-    if "probe" not in args.skip:
-        print("logistic regression on frozen embeddings ...", flush=True)
-        results["probe"] = run_child(sys.executable, ["--worker", "probe", *shared], scratch / "child.json")
-        save()
-    print(table(results))
-    print(f"\nwritten: {out}")
+    elif args.seeds:
+        runner.seeds()
+    else:
+        runner.once()
     return 0
 
 

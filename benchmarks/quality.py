@@ -62,7 +62,6 @@ GUIDE_INIT_TEXT = {
 @dataclass(frozen=True)
 class Task:
     name: str  # configs/NAME/METHOD.yaml; its files: ../shared/data/NAME/ (common.LOCAL_FILES)
-    dev_sample: int | None = None  # score a fixed random sample of dev this large (None: all of it)
 
     @property
     def train(self) -> Path:  # RAFT's 50 labelled rows
@@ -87,7 +86,7 @@ class Task:
 TASKS = {
     "twitter_complaints": Task("twitter_complaints"),
     "tweet_eval_hate": Task("tweet_eval_hate"),
-    "banking77": Task("banking77", dev_sample=400),
+    "banking77": Task("banking77"),
 }
 TWITTER = TASKS["twitter_complaints"]
 
@@ -103,8 +102,7 @@ def task_settings(task: Task) -> tuple[str, str, list[str]]:
 def dev_rows(task: Task) -> list[dict]:
     from softprompt.data import load_table
 
-    rows = load_table(str(task.dev)).rows
-    return random.Random(0).sample(rows, task.dev_sample) if task.dev_sample else rows
+    return common.sample_dev(load_table(str(task.dev)).rows, task.name)  # banking77: 400 of its 5,000
 
 
 def unlabelled_texts(task: Task, count: int) -> list[str]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -96,7 +97,7 @@ def test_compare_peft(smoke):
 
 def test_encoder(smoke):
     results = smoke("encoder")
-    assert results["methods"] == ["prompt_tuning", "p_tuning", "prefix_tuning"] and results["dev_tweets"] == 8
+    assert results["methods"] == ["prompt_tuning", "p_tuning", "prefix_tuning"] and results["dev_rows"] == 8
     for method, runs in results["runs"].items():
         trained = {"softprompt", "shipped"} | ({"peft", "peft_grouped"} if method != "prefix_tuning" else set())
         assert set(runs) == trained | {"peft"}
@@ -106,6 +107,42 @@ def test_encoder(smoke):
     assert "Model does not support past key values" in results["runs"]["prefix_tuning"]["peft"]["error"]
     assert "skipped" in results["setfit"] or "macro_f1" in results["setfit"]  # SetFit runs only where installed
     assert {"macro_f1", "accuracy"} <= set(results["probe"]["default"]) & set(results["probe"]["balanced"])
+
+
+@pytest.fixture
+def encoder_benchmark(monkeypatch):
+    """benchmarks/encoder.py as a module (its helpers need only the standard library)."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import encoder
+
+    return encoder
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_encoder_benchmark_macro_f1_is_scikit_learns(encoder_benchmark, seed):
+    """Over the classes in gold or predicted (banking77's dev lacks some intents a head predicts)."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    generator = random.Random(seed)
+    gold = [generator.randrange(6) for _ in range(40)]
+    predicted = [generator.choice([0, 1, 2, 7]) for _ in range(40)]  # 7: never gold; 3-5: never predicted
+    ours = encoder_benchmark.macro_f1(gold, predicted)
+    assert ours["macro_f1"] == pytest.approx(f1_score(gold, predicted, average="macro"))
+    assert ours["accuracy"] == pytest.approx(accuracy_score(gold, predicted))
+
+
+def test_encoder_benchmark_seed_table(encoder_benchmark):
+    """The --seeds table: each shipped config and SetFit by seed with mean (sd), the logistic regression once."""
+    run = {"42": {"macro_f1": 0.5, "accuracy": 0.6}, "43": {"macro_f1": 0.7, "accuracy": 0.8}}
+    results = {
+        "runs": {"prompt_tuning": run, "p_tuning": {"42": {"error": "x"}}},
+        "setfit": {"42": {**run["42"], "version": "1.2.0"}, "43": run["43"]},
+        "probe": {"default": {"how": "sklearn", "macro_f1": 0.55, "accuracy": 0.65}},
+    }
+    lines = encoder_benchmark.seed_table(results).splitlines()
+    assert lines[2] == "| minilm_prompt_tuning.yaml | 42: 0.500, 43: 0.700 | 0.600 (0.141) | 0.700 |"
+    assert lines[3] == "| SetFit 1.2.0, defaults | 42: 0.500, 43: 0.700 | 0.600 (0.141) | 0.700 |"
+    assert lines[4] == "| frozen mean-pooled embeddings, sklearn | (no seed) | 0.550 | 0.650 |" and len(lines) == 5
 
 
 def test_encoder_cv(smoke):
