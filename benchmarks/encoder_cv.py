@@ -33,6 +33,11 @@ PT, PTUNING, PREFIX = "minilm_prompt_tuning", "minilm_p_tuning", "minilm_prefix_
 CLS = {"num_virtual_tokens": 10}
 MEAN = {**CLS, "pooling": "mean"}
 FIT = {**MEAN, "head_init": "fit"}
+NORM = {
+    **CLS,
+    "pooling": "normalized_mean",
+    "head_init": "fit",
+}  # the fitted head reads sentence-transformers' embedding
 # name -> (config file, overrides); every other field as in the config file (30 epochs, batch 8, balanced classes).
 CANDIDATES: dict[str, tuple[str, dict]] = {
     # the first search: the [CLS] pooler head, started as the model gives it (PEFT's way)
@@ -57,11 +62,21 @@ CANDIDATES: dict[str, tuple[str, dict]] = {
     "mean-fit-prefix-lr0.003": (PREFIX, {"lr": 0.003, "method_options": FIT}),
     # ... with the prior correction: the class prior over 300 of the task's unlabelled test rows divided out
     "mean-fit-pt-lr0.003-prior": (PT, {"lr": 0.003, "method_options": FIT, "calibration": "unlabelled"}),
+    # the mean scaled to unit length: the fitted head starts as the logistic regression on the sentence embeddings
+    "norm-fit-pt-lr0.003": (PT, {"lr": 0.003, "method_options": NORM}),
+    "norm-fit-pt-lr0.01": (PT, {"lr": 0.01, "method_options": NORM}),
 }
 SMOKE_CANDIDATES = ["pt-lr0.03", "mean-fit-ptuning-lr0.01", "mean-fit-prefix-lr0.01"]  # one of each method
 # the screen on the other tasks: twitter's leading kinds (mean pooling; the fitted head at its two best learning rates,
-# the random head at its best) and the prior correction
-SCREEN = ["mean-fit-pt-lr0.03", "mean-fit-pt-lr0.003", "mean-pt-lr0.01", "mean-fit-pt-lr0.003-prior"]
+# the random head at its best), the prior correction, and the fitted head on normalized means
+SCREEN = [
+    "mean-fit-pt-lr0.03",
+    "mean-fit-pt-lr0.003",
+    "mean-pt-lr0.01",
+    "mean-fit-pt-lr0.003-prior",
+    "norm-fit-pt-lr0.003",
+    "norm-fit-pt-lr0.01",
+]
 
 
 def folds(rows: list[dict], count: int, seed: int = 0) -> list[list[int]]:

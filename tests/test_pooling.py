@@ -48,19 +48,20 @@ def encoder(arch="bert", seed=0):
     return AutoModelForSequenceClassification.from_config(config, attn_implementation="eager").eval()
 
 
-def wrapped(method, arch="bert", **options):
+def wrapped(method, arch="bert", pooling="mean", **options):
     torch.manual_seed(1)
-    model = get_peft_model(encoder(arch), METHODS[method](pooling="mean", **options)).eval()
+    model = get_peft_model(encoder(arch), METHODS[method](pooling=pooling, **options)).eval()
     with torch.no_grad():
         for p in model.prompt_source.parameters():
             p.normal_(0, 1)  # a prompt far from its start, so that it matters
     return model
 
 
+@pytest.mark.parametrize("pooling", ["mean", "normalized_mean"])
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("arch", ENCODERS)
-def test_padding_and_batch_composition_do_not_change_a_rows_logits(method, arch):
-    model = wrapped(method, arch)
+def test_padding_and_batch_composition_do_not_change_a_rows_logits(method, arch, pooling):
+    model = wrapped(method, arch, pooling)
     ids, mask, rows = right_padded()
     with torch.no_grad():
         batched = model(input_ids=ids, attention_mask=mask).logits  # [B, labels]
@@ -87,11 +88,13 @@ def test_padding_and_batch_composition_do_not_change_a_rows_logits(method, arch)
         ).abs().max() > 1e-3  # the pooling matters
 
 
+@pytest.mark.parametrize("pooling", ["mean", "normalized_mean"])
 @pytest.mark.parametrize("method", ["prompt_tuning", "prefix_tuning"])
-def test_mean_pooling_is_the_mean_of_the_text_tokens_states(method):
+def test_mean_pooling_is_the_mean_of_the_text_tokens_states(method, pooling):
     """Reference by hand: BERT's backbone with the prompt (virtual tokens before the text, or a prefix cache), the
-    mean of the real text positions' last hidden states, BERT's classifier."""
-    model = wrapped(method)
+    mean of the real text positions' last hidden states (scaled to unit length for "normalized_mean"), BERT's
+    classifier."""
+    model = wrapped(method, pooling=pooling)
     ids, mask, _ = right_padded()
     base = model.base_model
     with torch.no_grad():
@@ -112,6 +115,8 @@ def test_mean_pooling_is_the_mean_of_the_text_tokens_states(method):
             ).last_hidden_state
             hidden = hidden[:, 4:]
         pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+        if pooling == "normalized_mean":
+            pooled = pooled / pooled.norm(dim=-1, keepdim=True)
         torch.testing.assert_close(
             model(input_ids=ids, attention_mask=mask).logits, model.heads["default"](pooled), atol=1e-5, rtol=1e-5
         )
@@ -198,6 +203,25 @@ def test_fit_head_is_the_logistic_regression_optimum():
     loss = (torch.nn.functional.cross_entropy(features @ weight.T + bias, labels, reduction="none") * weights).sum()
     (loss + 0.25 * weight.pow(2).sum()).backward()
     assert weight.grad.abs().max() < 1e-3 and bias.grad.abs().max() < 1e-3  # the optimum (in float32)
+
+
+def test_a_fitted_head_on_normalized_means_is_scikit_learns_balanced_logistic_regression():
+    """With pooling="normalized_mean" and head_init="fit", training starts from the linear probe a user would fit on
+    the sentence-transformers embeddings: scikit-learn's LogisticRegression(class_weight="balanced"), C = 1."""
+    from sklearn.linear_model import LogisticRegression
+
+    model = wrapped("prompt_tuning", pooling="normalized_mean", head_init="fit")
+    ids, mask, _ = right_padded(lengths=(7, 4, 2, 5, 6, 3, 8, 5, 4), seed=2)
+    labels = torch.tensor([0, 1, 2, 0, 0, 1, 2, 0, 1])
+    model.fit_head_on([{"input_ids": ids, "attention_mask": mask, "labels": labels}])
+    features = model.head_features(ids, mask)  # [9, 32]
+    torch.testing.assert_close(features.norm(dim=-1), torch.ones(9))
+    probe = LogisticRegression(class_weight="balanced", C=1.0, tol=1e-10, max_iter=10_000).fit(features, labels)
+    head = model.heads["default"]
+    torch.testing.assert_close(head.weight.detach(), torch.tensor(probe.coef_, dtype=torch.float32), atol=2e-3, rtol=0)
+    torch.testing.assert_close(
+        head.bias.detach(), torch.tensor(probe.intercept_, dtype=torch.float32), atol=2e-3, rtol=0
+    )
 
 
 def test_options_are_checked():

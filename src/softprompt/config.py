@@ -72,7 +72,9 @@ class PromptLearningConfig:
     """SEQ_CLS on an encoder only (softprompt's own field, not PEFT's): what the classification head reads.
     "cls" (default, as PEFT): the model's own pooling ([CLS] through BERT's pooler). "mean": the mean of the
     text tokens' last hidden states (virtual tokens and padding excluded), as sentence encoders such as
-    all-MiniLM-L6-v2 were trained to be read. Saved in adapter_config.json only when not "cls"; PEFT 0.21 loads
+    all-MiniLM-L6-v2 were trained to be read. "normalized_mean": that mean scaled to unit length, the embedding
+    sentence-transformers gives for such models (a fitted head then starts as a logistic regression on it). Saved
+    in adapter_config.json only when not "cls"; PEFT 0.21 loads
     such a file (it warns of an unknown field and drops it) but then runs the model with its own [CLS] pooling,
     so its logits differ: use softprompt to run a mean-pooled adapter."""
     head_init: str = "model"
@@ -105,7 +107,7 @@ class PromptLearningConfig:
             )
         for name in ("token_dim", "num_layers", "num_attention_heads"):
             positive_int_or_none(self, name)
-        for name, choices in (("pooling", ("cls", "mean")), ("head_init", ("model", "fit"))):
+        for name, choices in (("pooling", ("cls", "mean", "normalized_mean")), ("head_init", ("model", "fit"))):
             value = str(getattr(self, name)).lower()
             if value not in choices:
                 raise ConfigError(f"{name}={getattr(self, name)!r} is unknown. Use one of {', '.join(choices)}.")

@@ -11,7 +11,8 @@ adapter, saved under PEFT's names for `modules_to_save` (`base_model.classifier.
 Two options of softprompt's own, for encoders (config fields, saved in adapter_config.json only when set):
 `pooling="mean"` has the head read the mean of the text tokens' last hidden states (virtual tokens and
 padding excluded) instead of the model's [CLS]/pooler output; sentence encoders (all-MiniLM-L6-v2) were
-trained to be read that way. PEFT loads such an adapter but runs it with its own [CLS] pooling. And
+trained to be read that way (`"normalized_mean"`: scaled to unit length, as sentence-transformers gives it).
+PEFT loads such an adapter but runs it with its own [CLS] pooling. And
 `head_init="fit"`: training starts the head from a class-balanced, L2-regularised logistic regression on the
 features the head reads (`fit_head`), so the prompt trains from a linear probe rather than a random head.
 """
@@ -99,30 +100,35 @@ class PeftModelForSequenceClassification(AdapterHeads):
 
     def encoder_forward(self, name, task_ids, input_ids, inputs_embeds, attention_mask, labels, **kwargs):
         """An encoder sees prompt and text together: no part of it runs once for the batch. With pooling="cls" the
-        base model pools and classifies (its head is the adapter's); with "mean", its backbone runs and we do."""
+        base model pools and classifies (its head is the adapter's); with "mean" or "normalized_mean", its backbone
+        runs and we do."""
         base = self.base_model
         given = input_ids if input_ids is not None else inputs_embeds
         if attention_mask is None:
             attention_mask = torch.ones(given.shape[:2], dtype=torch.long, device=given.device)
         text_mask = attention_mask  # [B, L]
-        mean = self.peft_config[name].pooling == "mean"
+        pooling = self.peft_config[name].pooling
+        mean = pooling != "cls"
         run = base.base_model if mean else functools.partial(base, labels=labels)  # BertModel, or the whole classifier
         output = self.run_encoder(run, name, task_ids, input_ids, inputs_embeds, attention_mask, **kwargs)
         if not mean:
             return output
-        pooled, head = self.pool_mean(base, output.last_hidden_state, text_mask), self.heads[name]  # [B, H]
+        pooled = self.pool_mean(base, output.last_hidden_state, text_mask, pooling == "normalized_mean")  # [B, H]
+        head = self.heads[name]
         logits = (
             head(pooled) if isinstance(head, nn.Linear) else head(pooled[:, None])
         )  # RoBERTa's head reads [B, L, H]
         return SequenceClassifierOutputWithPast(loss=classification_loss(base.config, logits, labels), logits=logits)
 
     @staticmethod
-    def pool_mean(base, hidden: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
-        """The mean of the text tokens' states (the last L of hidden [B, P+L, H]; mask [B, L]), then the
-        dropout the model applies before its classifier. -> [B, H]"""
+    def pool_mean(base, hidden: torch.Tensor, text_mask: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """The mean of the text tokens' states (the last L of hidden [B, P+L, H]; mask [B, L]), scaled to unit
+        length if `normalize`, then the dropout the model applies before its classifier. -> [B, H]"""
         hidden = hidden[:, hidden.shape[1] - text_mask.shape[1] :]  # drop virtual tokens
         weights = text_mask.to(hidden.dtype).unsqueeze(-1)  # [B, L, 1]
         pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+        if normalize:
+            pooled = F.normalize(pooled, dim=-1)
         dropout = getattr(base, "dropout", None)
         return dropout(pooled) if isinstance(dropout, nn.Dropout) else pooled
 
