@@ -612,7 +612,7 @@ class Runner:
         results["setfit"] = {k: v for k, v in previous.get("setfit", {}).items() if isinstance(v, dict)}
         if "probe" in previous:
             results["probe"] = previous["probe"]
-        for method in args.methods:
+        for method in args.methods if "shipped" not in args.skip else []:
             for seed in args.seeds:
                 if "macro_f1" not in results["runs"].get(method, {}).get(str(seed), {}):
                     print(f"{method}: shipped config, seed {seed} ...", flush=True)
