@@ -28,10 +28,22 @@ def test_the_shipped_config_loads_and_its_task_fits_together(path):
         )
 
 
-def test_every_task_folder_ships_the_three_prompt_methods():
+PROMPT_METHODS = ["prompt_tuning", "p_tuning", "prefix_tuning"]
+
+
+def test_every_task_folder_ships_the_prompt_methods_the_new_ones_and_the_encoder_route():
+    """Each task: the three PEFT prompt methods and the three PEFT lacks on SmolLM2, and the three prompt methods
+    with a classification head on the MiniLM encoder."""
     folders = {p.parent.name for p in CONFIGS} - {"transfer"}
+    assert folders == {"twitter_complaints", "tweet_eval_hate", "banking77"}
     for folder in folders:
-        assert {"prompt_tuning", "p_tuning", "prefix_tuning"} <= {p.stem for p in CONFIGS if p.parent.name == folder}
+        names = {p.stem for p in CONFIGS if p.parent.name == folder}
+        assert {*PROMPT_METHODS, "residual_prompt_tuning", "ulpt", "dept"} <= names, folder
+        for method in PROMPT_METHODS:
+            assert f"minilm_{method}" in names, (folder, method)
+            config = TrainConfig.from_yaml(ROOT / "configs" / folder / f"minilm_{method}.yaml")
+            assert (config.model, config.method, config.task_type) == ("all-minilm-l6-v2", method, "SEQ_CLS")
+            assert config.output_dir.endswith(f"runs/{folder}/minilm_{method}")
 
 
 # ---- every shipped config's first step, from a copy of the repository with nothing beside it ------------------
