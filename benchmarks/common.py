@@ -74,6 +74,11 @@ def task_file(split: str, task: str = "twitter_complaints") -> Path:
     return task_folder(task) / LOCAL_FILES[task][split]
 
 
+def task_suffix(task: str) -> str:
+    """What a task adds to a result file's name: nothing for twitter_complaints (its files came first), else _TASK."""
+    return "" if task == "twitter_complaints" else f"_{task}"
+
+
 def results_path(name: str, given: str | os.PathLike | None = None) -> Path:
     """Where a result file goes (its folder made): `given`, else benchmarks/results/NAME (--smoke: DIR/results/NAME)."""
     folder = smoke_folder()

@@ -25,7 +25,7 @@ prefix tuning), for each the hyperparameters of configs/<task>/minilm_<method>.y
   PeftModelForSequenceClassification; its prefix tuning fails on BERT ("Model does not support past key values"),
   which is recorded as the result. Training throughput is training rows / seconds of the training loop; peak RSS
   is the child's maximum resident set (model loading included).
-- "shipped config": `softprompt train --config configs/twitter_complaints/minilm_<method>.yaml --eval_file null`
+- "shipped config": `softprompt train --config configs/<task>/minilm_<method>.yaml --eval_file null`
   as a user runs it (its own loop; its pooling and head start), then its adapter scores dev through the Predictor.
 - SetFit (`setfit`, default TrainingArguments, seed 42) on the same encoder folder and the same 50 rows, run with
   .venv's python if it has setfit, else /work/setfit-venv's; skipped with a message when neither has it.
@@ -54,7 +54,7 @@ from common import peak_rss_mb
 
 SETFIT_VENV = Path("/work/setfit-venv/bin/python")
 METHODS = ["prompt_tuning", "p_tuning", "prefix_tuning"]
-TASKS = ["twitter_complaints", "tweet_eval_hate", "banking77"]
+TASKS = list(common.TEXT_COLUMNS)  # the RAFT tasks with local files
 ENCODER = "all-minilm-l6-v2"
 
 
@@ -691,9 +691,10 @@ def main() -> int:
         "methods": args.methods,
         "runs": {},
     }
-    suffix = "" if args.task == "twitter_complaints" else f"_{args.task}"
     name = "encoder_quick" if args.quick else "encoder_seeds" if args.seeds else "encoder"
-    out = common.results_path("encoder_overhead.json" if args.overhead else f"{name}{suffix}.json", args.out)
+    out = common.results_path(
+        "encoder_overhead.json" if args.overhead else f"{name}{common.task_suffix(args.task)}.json", args.out
+    )
     runner = Runner(args, folder, results, out)
     results["dev_rows"] = runner.dev_limit or len(dev_rows(args.task, None))
     if args.overhead:

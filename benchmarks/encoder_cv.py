@@ -33,11 +33,8 @@ PT, PTUNING, PREFIX = "minilm_prompt_tuning", "minilm_p_tuning", "minilm_prefix_
 CLS = {"num_virtual_tokens": 10}
 MEAN = {**CLS, "pooling": "mean"}
 FIT = {**MEAN, "head_init": "fit"}
-NORM = {
-    **CLS,
-    "pooling": "normalized_mean",
-    "head_init": "fit",
-}  # the fitted head reads sentence-transformers' embedding
+# the fitted head reads sentence-transformers' embedding
+NORM = {**CLS, "pooling": "normalized_mean", "head_init": "fit"}
 # name -> (config file, overrides); every other field as in the config file (30 epochs, batch 8, balanced classes).
 CANDIDATES: dict[str, tuple[str, dict]] = {
     # the first search: the [CLS] pooler head, started as the model gives it (PEFT's way)
@@ -175,9 +172,7 @@ def choose(entries: list[dict], top: int) -> tuple[list[str], dict | None]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--task", default="twitter_complaints", choices=["twitter_complaints", "tweet_eval_hate", "banking77"]
-    )
+    parser.add_argument("--task", default="twitter_complaints", choices=list(common.TEXT_COLUMNS))
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--only", nargs="*", help="run these candidates (by name) at --fold-seed, then stop")
     parser.add_argument("--fold-seed", type=int, default=0, help="seed of the fold assignment for --only")
@@ -211,7 +206,7 @@ def main() -> None:
     train_rows = common.task_rows("train", task=task)
     dev_rows = common.sample_dev(common.task_rows("dev", task=task), task)
     runs = Path(args.runs or common.runs_folder("encoder_cv", *([] if twitter else [task])))
-    path = common.results_path("encoder_cv.json" if twitter else f"encoder_cv_{task}.json")
+    path = common.results_path(f"encoder_cv{common.task_suffix(task)}.json")
     results = common.read_json(path, {})
     if results.get("folds") != args.folds:
         results = {"task": task, "folds": args.folds, "candidates": []}

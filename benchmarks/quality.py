@@ -79,8 +79,7 @@ class Task:
         return common.CONFIGS / self.name / f"{method}.yaml"
 
     def results(self) -> Path:
-        suffix = "" if self.name == "twitter_complaints" else f"_{self.name}"
-        return common.results_path(f"quality{suffix}.json")
+        return common.results_path(f"quality{common.task_suffix(self.name)}.json")
 
 
 TASKS = {

@@ -157,7 +157,7 @@ def main() -> None:
     task = TASKS[args.task]
     if common.absent(task.train):
         return
-    suffix = "" if task.name == "twitter_complaints" else f"_{task.name}"  # twitter's candidates came first
+    suffix = common.task_suffix(task.name)  # twitter's candidates came first
     path = common.results_path(f"recipe_cv{suffix}.json", args.results)
     runs = Path(args.runs or common.runs_folder("recipe_cv", "" if task.name == "twitter_complaints" else task.name))
     results = common.read_json(path, {"candidates": {}})
