@@ -566,6 +566,20 @@ def parse_arguments():
     return parser.parse_args()
 
 
+def carry_over(results: dict, previous: dict) -> None:
+    """Resuming a --seeds file: its runs, SetFit seeds and probe are kept, and its command line(s) named before
+    this one (a file that several commands filled says so)."""
+    results["runs"] = previous.get("runs", {})
+    results["setfit"] = {k: v for k, v in previous.get("setfit", {}).items() if isinstance(v, dict)}
+    if "probe" in previous:
+        results["probe"] = previous["probe"]
+    earlier = previous.get("command", "")
+    if earlier and results["command"] not in earlier.split("; "):
+        results["command"] = f"{earlier}; {results['command']}"
+    elif earlier:
+        results["command"] = earlier
+
+
 class Runner:
     """The parent: each run in a child process of this script, its result kept in `results` and saved to `out`."""
 
@@ -607,11 +621,7 @@ class Runner:
         """The spread over training seeds of the shipped recipes and of SetFit (dev figures reported, never chosen
         by); resumable: runs already in the results file are kept."""
         args, results = self.args, self.results
-        previous = common.read_json(self.out, {})
-        results["runs"] = previous.get("runs", {})
-        results["setfit"] = {k: v for k, v in previous.get("setfit", {}).items() if isinstance(v, dict)}
-        if "probe" in previous:
-            results["probe"] = previous["probe"]
+        carry_over(results, common.read_json(self.out, {}))
         for method in args.methods if "shipped" not in args.skip else []:
             for seed in args.seeds:
                 if "macro_f1" not in results["runs"].get(method, {}).get(str(seed), {}):
@@ -624,7 +634,8 @@ class Runner:
                 self.save()
         if "probe" not in args.skip and "probe" not in results:
             self.probe()
-        results["seeds"] = args.seeds
+        results["methods"] = [m for m in METHODS if m in results["runs"]]
+        results["seeds"] = sorted({int(seed) for runs in results["runs"].values() for seed in runs} | set(args.seeds))
         self.save()
         print(seed_table(results))
 

@@ -145,6 +145,26 @@ def test_encoder_benchmark_seed_table(encoder_benchmark):
     assert lines[4] == "| frozen mean-pooled embeddings, sklearn | (no seed) | 0.550 | 0.650 |" and len(lines) == 5
 
 
+def test_encoder_benchmark_resumed_seeds_file_keeps_runs_and_names_every_command(encoder_benchmark):
+    previous = {
+        "command": "python benchmarks/encoder.py --seeds 42 --methods prompt_tuning",
+        "runs": {"prompt_tuning": {"42": {"macro_f1": 0.5}}},
+        "setfit": {"42": {"macro_f1": 0.4}, "skipped": "an old single-run entry"},
+        "probe": {"default": {"macro_f1": 0.3}},
+    }
+    results = {"command": "python benchmarks/encoder.py --seeds 42 --methods p_tuning"}
+    encoder_benchmark.carry_over(results, previous)
+    assert results["runs"] == previous["runs"] and results["setfit"] == {"42": {"macro_f1": 0.4}}
+    assert results["probe"] == previous["probe"]
+    assert results["command"] == f"{previous['command']}; python benchmarks/encoder.py --seeds 42 --methods p_tuning"
+    again = {"command": "python benchmarks/encoder.py --seeds 42 --methods prompt_tuning"}
+    encoder_benchmark.carry_over(again, results)  # a command already named is not named twice
+    assert again["command"] == results["command"]
+    fresh = {"command": "python benchmarks/encoder.py --seeds 42"}
+    encoder_benchmark.carry_over(fresh, {})
+    assert fresh == {"command": "python benchmarks/encoder.py --seeds 42", "runs": {}, "setfit": {}}
+
+
 def test_encoder_cv(smoke):
     results = smoke("encoder_cv")
     assert results["folds"] == 2
