@@ -139,9 +139,15 @@ def read_json(path: Path, default=None):
 
 
 def write_json(path: Path, data, indent: int | None = None) -> Path:
+    """Atomically: a run killed mid-write leaves the previous file (and the runs it holds) whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=indent))
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        partial.write_text(json.dumps(data, indent=indent))
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
     return path
 
 

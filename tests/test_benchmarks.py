@@ -165,6 +165,28 @@ def test_encoder_benchmark_resumed_seeds_file_keeps_runs_and_names_every_command
     assert fresh == {"command": "python benchmarks/encoder.py --seeds 42", "runs": {}, "setfit": {}}
 
 
+def test_results_files_are_written_atomically(monkeypatch, tmp_path):
+    """A write that fails half-way (here: the disk fills after 5 characters) leaves the previous results file whole
+    and no partial file behind."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import common
+
+    path = common.write_json(tmp_path / "results.json", {"runs": [1, 2]})
+    write_text = Path.write_text
+
+    def disk_full(self, text, *args, **kwargs):
+        write_text(self, text[:5], *args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Path, "write_text", disk_full)
+        with pytest.raises(OSError, match="No space"):
+            common.write_json(path, {"runs": [1, 2, 3]})
+    assert json.loads(path.read_text()) == {"runs": [1, 2]} and [f.name for f in tmp_path.iterdir()] == [path.name]
+    common.write_json(path, {"runs": [1, 2, 3]}, indent=1)
+    assert json.loads(path.read_text()) == {"runs": [1, 2, 3]} and [f.name for f in tmp_path.iterdir()] == [path.name]
+
+
 def test_encoder_cv(smoke):
     results = smoke("encoder_cv")
     assert results["folds"] == 2
