@@ -74,9 +74,17 @@ def task_file(split: str, task: str = "twitter_complaints") -> Path:
     return task_folder(task) / LOCAL_FILES[task][split]
 
 
+FIRST_TASK = "twitter_complaints"  # its result files and runs came first: their names carry no task
+
+
 def task_suffix(task: str) -> str:
-    """What a task adds to a result file's name: nothing for twitter_complaints (its files came first), else _TASK."""
-    return "" if task == "twitter_complaints" else f"_{task}"
+    """What a task adds to a result file's name: nothing for twitter_complaints, else _TASK."""
+    return "" if task == FIRST_TASK else f"_{task}"
+
+
+def task_runs_folder(kind: str, task: str) -> Path:
+    """runs/KIND for twitter_complaints, else runs/KIND/TASK (see runs_folder)."""
+    return runs_folder(kind) if task == FIRST_TASK else runs_folder(kind, task)
 
 
 def results_path(name: str, given: str | os.PathLike | None = None) -> Path:

@@ -573,11 +573,8 @@ def carry_over(results: dict, previous: dict) -> None:
     results["setfit"] = {k: v for k, v in previous.get("setfit", {}).items() if isinstance(v, dict)}
     if "probe" in previous:
         results["probe"] = previous["probe"]
-    earlier = previous.get("command", "")
-    if earlier and results["command"] not in earlier.split("; "):
-        results["command"] = f"{earlier}; {results['command']}"
-    elif earlier:
-        results["command"] = earlier
+    commands = previous["command"].split("; ") if previous.get("command") else []
+    results["command"] = "; ".join(commands + [results["command"]] if results["command"] not in commands else commands)
 
 
 class Runner:

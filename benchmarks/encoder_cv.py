@@ -205,7 +205,7 @@ def main() -> None:
         parser.error(f"unknown candidates {unknown}; known: {sorted(CANDIDATES)}")
     train_rows = common.task_rows("train", task=task)
     dev_rows = common.sample_dev(common.task_rows("dev", task=task), task)
-    runs = Path(args.runs or common.runs_folder("encoder_cv", *([] if twitter else [task])))
+    runs = Path(args.runs or common.task_runs_folder("encoder_cv", task))
     path = common.results_path(f"encoder_cv{common.task_suffix(task)}.json")
     results = common.read_json(path, {})
     if results.get("folds") != args.folds:

@@ -367,7 +367,7 @@ def main() -> None:
     seeds = [42] if args.quick else args.seeds
     overrides = common.parse_overrides(args.set)
     path = Path(args.results or task.results())
-    runs = Path(args.runs or common.runs_folder("quality", "" if task is TWITTER else task.name))
+    runs = Path(args.runs or common.task_runs_folder("quality", task.name))
     results = common.read_json(path, {"task": task.name, "overrides": overrides, "runs": []})
     if results["overrides"] != overrides or results.get("task", "twitter_complaints") != task.name:
         raise SystemExit(

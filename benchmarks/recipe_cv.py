@@ -159,7 +159,7 @@ def main() -> None:
         return
     suffix = common.task_suffix(task.name)  # twitter's candidates came first
     path = common.results_path(f"recipe_cv{suffix}.json", args.results)
-    runs = Path(args.runs or common.runs_folder("recipe_cv", "" if task.name == "twitter_complaints" else task.name))
+    runs = Path(args.runs or common.task_runs_folder("recipe_cv", task.name))
     results = common.read_json(path, {"candidates": {}})
     if not args.table:
         overrides = common.parse_overrides(args.set)
